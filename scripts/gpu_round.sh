@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One whole GPU round on the GPU machine (no network): install carried wheels from .deps/, build
+# for the local GPU, run the C++ and Python test tiers and the benchmark, and leave logs and results
+# JSON in the output folder (first argument, default $OUT, else ./gpu_round_out).
+#   bash scripts/gpu_round.sh [OUT_DIR] [--tests "pytest args"] [--bench "bench args"] [--no-bench]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-gpu_round_out}}; shift || true
+pytest_args="tests/python"; bench_args="--quick"; run_bench=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tests) pytest_args="$2"; shift 2 ;;
+    --bench) bench_args="$2"; shift 2 ;;
+    --no-bench) run_bench=0; shift ;;
+    *) echo "unknown argument $1"; exit 2 ;;
+  esac
+done
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+if ls .deps/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/flash_deps .deps/*.whl
+  export PYTHONPATH=/tmp/flash_deps${PYTHONPATH:+:$PYTHONPATH}
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
+
+start=$(date +%s)
+FLASH_ATTN_JOBS=${FLASH_ATTN_JOBS:-$(nproc)} bash scripts/build.sh > "$out/build.log" 2>&1
+build_rc=$?
+echo "build rc=$build_rc in $(( $(date +%s) - start )) s" | tee -a "$out/summary.txt"
+grep -E "error|warning: Registers|spill" "$out/build.log" | head -50
+[ $build_rc -eq 0 ] || { tail -60 "$out/build.log"; exit 1; }
+
+ctest --test-dir "${FLASH_ATTN_BUILD_DIR:-build/dev}" -j 8 > "$out/ctest.log" 2>&1
+echo "ctest rc=$? $(grep -E 'tests passed|tests failed' "$out/ctest.log")" | tee -a "$out/summary.txt"
+
+export PYTHONPATH="$PWD:${PYTHONPATH:-}"
+python3 -m pytest -q -p no:cacheprovider -rf --junitxml="$out/pytest.xml" $pytest_args > "$out/pytest.log" 2>&1
+echo "pytest rc=$? $(tail -1 "$out/pytest.log")" | tee -a "$out/summary.txt"
+grep -E "^FAILED|^ERROR" "$out/pytest.log" | head -40
+
+if [ $run_bench = 1 ]; then
+  python3 benchmarks/bench_attention.py $bench_args --out "$out/h100-attention.json" > "$out/bench.log" 2>&1
+  echo "bench rc=$?" | tee -a "$out/summary.txt"
+  tail -40 "$out/bench.log"
+fi
+cat "$out/summary.txt"
