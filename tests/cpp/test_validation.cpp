@@ -2,7 +2,9 @@
 // before any backend runs; good params pass and are canonicalised.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <functional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -71,6 +73,8 @@ struct BadFwdCase {
   const char* arg;
   std::function<void(flash::FwdParams&)> spoil;
 };
+
+void PrintTo(const BadFwdCase& c, std::ostream* os) { *os << c.name; }
 
 class BadFwdArgument : public ::testing::TestWithParam<BadFwdCase> {};
 
