@@ -1,0 +1,237 @@
+// flash::kvcache_cuda entry points: what the kernels accept, the split-KV decision (shared by
+// workspace_size and run so both always agree), and the launch sequence
+//   append (if k_new)  ->  attention (direct, or partials)  ->  combine (if split).
+// Everything here is host-only bookkeeping: no device reads, no syncs, no allocations, so run()
+// is CUDA-graph capturable.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "cuda/kvcache/kvcache.h"
+#include "cuda/kvcache/kvcache_args.h"
+#include "flash/errors.h"
+
+namespace flash::kvcache_cuda {
+namespace {
+
+constexpr int kMaxSplits = 128;
+constexpr int kMaxDevices = 64;
+
+// SM count per device, read once (cudaDeviceGetAttribute is cheap but not free, and run() should
+// not make runtime queries on the hot path).
+int sm_count(int device) {
+  static std::atomic<int> cache[kMaxDevices] = {};
+  if (device < 0 || device >= kMaxDevices) device = 0;
+  int n = cache[device].load(std::memory_order_relaxed);
+  if (n > 0) return n;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) {
+    cudaGetLastError();  // clear the sticky-free error so the caller's check_launch is not confused
+    n = 132;
+  }
+  cache[device].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+int group_of(const KvcacheParams& p) { return p.nheads_k > 0 ? p.nheads / p.nheads_k : 1; }
+
+int m_tiles_of(const KvcacheParams& p) {
+  const int64_t rows = static_cast<int64_t>(p.seqlen_q) * group_of(p);
+  return static_cast<int>((rows + kRowsPerTile - 1) / kRowsPerTile);
+}
+
+// Splits: 1 when the (sequence, kv head, row tile) CTAs already fill ~2 CTAs per SM; otherwise
+// enough to reach that, never more than the key tiles of the longest possible sequence.
+int choose_splits(const KvcacheParams& p) {
+  if (p.batch == 0 || p.seqlen_q == 0 || p.num_splits == 1) return 1;
+  const int max_tiles = std::max(1, (p.seqlen_k + kBlockN - 1) / kBlockN);
+  if (p.num_splits > 1) return std::min({p.num_splits, max_tiles, kMaxSplits});
+  const int64_t ctas = static_cast<int64_t>(p.batch) * p.nheads_k * m_tiles_of(p);
+  const int64_t target = 2LL * sm_count(p.device_index);
+  if (ctas * 5 >= target * 4) return 1;  // >= 80% of the target: splitting only adds the combine
+  const int64_t want = (target + ctas - 1) / ctas;
+  // Keep at least 2 key tiles per split so each CTA pipelines something.
+  const int64_t by_len = std::max(1, max_tiles / 2);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, by_len, 64})));
+}
+
+int64_t output_rows(const KvcacheParams& p) {
+  return static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
+}
+
+size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+size_t part_o_bytes(const KvcacheParams& p, int splits) {
+  return align_up(static_cast<size_t>(splits) * output_rows(p) * p.head_dim * sizeof(float), 256);
+}
+
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
+bool strides8(int64_t a, int64_t b, int64_t c) { return a % 8 == 0 && b % 8 == 0 && c % 8 == 0; }
+
+using Launcher = void (*)(const AttnArgs&, void*);
+
+template <ElemTag E>
+Launcher bucket_launcher(int head_dim) {
+  // Smallest built bucket that holds head_dim (dims past head_dim are predicated off).
+#define FLASH_KV_TRY(D) \
+  if (head_dim <= D) return &launch_attention<E, D>;
+#if defined(FLASH_HDIM_32_ENABLED)
+  FLASH_KV_TRY(32)
+#endif
+#if defined(FLASH_HDIM_64_ENABLED)
+  FLASH_KV_TRY(64)
+#endif
+#if defined(FLASH_HDIM_96_ENABLED)
+  FLASH_KV_TRY(96)
+#endif
+#if defined(FLASH_HDIM_128_ENABLED)
+  FLASH_KV_TRY(128)
+#endif
+#if defined(FLASH_HDIM_160_ENABLED)
+  FLASH_KV_TRY(160)
+#endif
+#if defined(FLASH_HDIM_192_ENABLED)
+  FLASH_KV_TRY(192)
+#endif
+#if defined(FLASH_HDIM_224_ENABLED)
+  FLASH_KV_TRY(224)
+#endif
+#if defined(FLASH_HDIM_256_ENABLED)
+  FLASH_KV_TRY(256)
+#endif
+#undef FLASH_KV_TRY
+  (void)head_dim;
+  return nullptr;
+}
+
+// The attention launcher of this call, or a flash::Error naming what was not built. Resolved
+// before anything is launched so an unbuilt configuration leaves the cache untouched.
+Launcher select_launcher(const KvcacheParams& p) {
+  Launcher l = nullptr;
+  if (p.dtype == DType::kFloat16) {
+#if defined(FLASH_FP16_ENABLED)
+    l = bucket_launcher<ElemTag::kHalf>(p.head_dim);
+#else
+    throw Error("q", "fp16 kvcache kernels not built (FLASH_ATTN_DTYPES)");
+#endif
+  } else {
+#if defined(FLASH_BF16_ENABLED)
+    l = bucket_launcher<ElemTag::kBf16>(p.head_dim);
+#else
+    throw Error("q", "bf16 kvcache kernels not built (FLASH_ATTN_DTYPES)");
+#endif
+  }
+  if (l == nullptr) {
+    const char* dt = p.dtype == DType::kFloat16 ? "fp16" : "bf16";
+    throw Error("head_dim", "kvcache kernel for head_dim " + std::to_string(p.head_dim) + " (" +
+                                dt + ") not built (FLASH_ATTN_HDIMS)");
+  }
+  return l;
+}
+
+}  // namespace
+
+bool supports(const KvcacheParams& p, std::string* why) {
+  auto fail = [&](const char* arg) {
+    if (why) *why = arg;
+    return false;
+  };
+  if (p.device != Device::kCUDA) return fail("q");
+  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) return fail("q");
+  if (p.head_dim <= 0 || p.head_dim > 256 || p.head_dim % 8 != 0) return fail("head_dim");
+  if (p.nheads_k <= 0 || p.nheads % p.nheads_k != 0) return fail("k");
+  if (p.batch > 65535 || p.nheads_k > 65535) return fail("q");
+  if (p.block_table && p.page_size < 1) return fail("block_table");
+  // 16-byte vector accesses everywhere: 16-byte aligned bases, strides multiples of 8 elements.
+  if (!aligned16(p.q) || !strides8(p.q_batch_stride, p.q_row_stride, p.q_head_stride))
+    return fail("q");
+  if (!aligned16(p.out) || !strides8(p.out_batch_stride, p.out_row_stride, p.out_head_stride))
+    return fail("out");
+  if (!aligned16(p.k) || !strides8(p.k_batch_stride, p.k_row_stride, p.k_head_stride))
+    return fail("k_cache");
+  if (!aligned16(p.v) || !strides8(p.v_batch_stride, p.v_row_stride, p.v_head_stride))
+    return fail("v_cache");
+  if (p.k_new) {
+    if (!aligned16(p.k_new) ||
+        !strides8(p.knew_batch_stride, p.knew_row_stride, p.knew_head_stride))
+      return fail("k");
+    if (!aligned16(p.v_new) ||
+        !strides8(p.vnew_batch_stride, p.vnew_row_stride, p.vnew_head_stride))
+      return fail("v");
+  }
+  return true;
+}
+
+size_t workspace_size(const KvcacheParams& p) {
+  const int splits = choose_splits(p);
+  if (splits <= 1) return 0;
+  return part_o_bytes(p, splits) + static_cast<size_t>(splits) * output_rows(p) * sizeof(float);
+}
+
+void run(const KvcacheParams& p, void* stream) {
+  if (p.batch == 0) return;
+  const Launcher launcher = select_launcher(p);
+  if (p.k_new && p.seqlen_new > 0) launch_append(p, stream);
+  if (p.seqlen_q == 0 || p.nheads == 0) return;
+
+  AttnArgs a{};
+  a.q = p.q;
+  a.q_bs = p.q_batch_stride, a.q_rs = p.q_row_stride, a.q_hs = p.q_head_stride;
+  a.k = p.k;
+  a.k_bs = p.k_batch_stride, a.k_rs = p.k_row_stride, a.k_hs = p.k_head_stride;
+  a.v = p.v;
+  a.v_bs = p.v_batch_stride, a.v_rs = p.v_row_stride, a.v_hs = p.v_head_stride;
+  a.out = p.out;
+  a.o_bs = p.out_batch_stride, a.o_rs = p.out_row_stride, a.o_hs = p.out_head_stride;
+  a.lse = p.softmax_lse;
+  a.lse_bs = p.lse_batch_stride, a.lse_hs = p.lse_head_stride;
+  a.batch = p.batch;
+  a.seqlen_q = p.seqlen_q;
+  a.seqlen_k = p.seqlen_k;
+  a.nheads = p.nheads;
+  a.nheads_k = p.nheads_k;
+  a.group = group_of(p);
+  a.head_dim = p.head_dim;
+  a.rows = p.seqlen_q * a.group;
+  a.m_tiles = m_tiles_of(p);
+  a.cache_seqlens = p.cache_seqlens;
+  a.cache_seqlen_const = p.cache_seqlen_const;
+  a.seqlen_new = p.k_new ? p.seqlen_new : 0;
+  a.cache_batch_idx = p.block_table ? nullptr : p.cache_batch_idx;
+  a.batch_cache = p.batch_cache;
+  a.cache_leftpad = p.cache_leftpad;
+  a.block_table = p.block_table;
+  a.bt_stride = p.block_table_batch_stride;
+  a.page_size = p.page_size;
+  a.num_pages = p.num_pages;
+  a.scale = p.softmax_scale;
+  a.softcap = p.softcap;
+  a.window_left = p.window_left;
+  a.window_right = p.causal ? 0 : p.window_right;
+  a.alibi = p.alibi_slopes;
+  a.alibi_bs = p.alibi_batch_stride;
+  a.rot_cos = p.rotary_cos;
+  a.rot_sin = p.rotary_sin;
+  a.rotary_dim = p.rotary_cos ? p.rotary_dim : 0;
+  a.seqlen_rotary = p.seqlen_rotary;
+  a.rot_interleaved = p.rotary_interleaved;
+  a.rot_query_per_row = a.window_left >= 0 || a.window_right >= 0;
+  a.splits = choose_splits(p);
+  if (a.splits > 1) {
+    if (p.workspace == nullptr || p.workspace_bytes < workspace_size(p)) {
+      throw Error("workspace", "kvcache split-KV needs " + std::to_string(workspace_size(p)) +
+                                   " bytes");
+    }
+    a.part_o = static_cast<float*>(p.workspace);
+    a.part_lse = reinterpret_cast<float*>(static_cast<char*>(p.workspace) +
+                                          part_o_bytes(p, a.splits));
+  }
+
+  launcher(a, stream);
+  if (a.splits > 1) launch_combine(a, p.dtype, stream);
+}
+
+}  // namespace flash::kvcache_cuda
