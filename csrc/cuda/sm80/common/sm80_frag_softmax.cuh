@@ -1,0 +1,89 @@
+// Offers: online (streaming) softmax on m16n8 fp32 accumulator fragments, for Ampere-class
+// kernels. Each thread holds, per m-tile, two rows (g and g + 8); a row's 8 NT values per tile
+// are spread across the 4 threads of a quad, so row reductions use two xor-shuffles.
+//
+// Scores enter in "logit units" x with probability proportional to exp2(x * scale_log2):
+// without softcap/ALiBi x is the raw q.k and scale_log2 = softmax_scale * log2(e) (one FFMA +
+// exp2f per element); with them x is the final natural-log score and scale_log2 = log2(e).
+#pragma once
+
+#include <cmath>
+
+namespace flash::sm80 {
+
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+template <int MT>
+struct OnlineSoftmax {
+  float row_max[MT][2];  // running max of x (logit units); -inf while the row saw nothing
+  float row_sum[MT][2];  // thread-partial running sum of exp2((x - max) * scale_log2)
+
+  __device__ __forceinline__ void init() {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) { row_max[mt][h] = -INFINITY; row_sum[mt][h] = 0.f; }
+  }
+
+  // The exponent offset of a row: a row that has seen nothing keeps -inf scores, which must map
+  // to exp2(-inf) = 0 rather than NaN, so it uses offset 0.
+  __device__ __forceinline__ static float offset_of(float m, float scale_log2) {
+    return m == -INFINITY ? 0.f : m * scale_log2;
+  }
+
+  // Folds a block of scores into the running state: updates max, rescales o and the sums, and
+  // turns s into unnormalised probabilities exp2(x * scale_log2 - max * scale_log2).
+  template <int NT, int DT>
+  __device__ __forceinline__ void update(float (&s)[MT][NT][4], float (&o)[MT][DT][4], float scale_log2) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float m = row_max[mt][h];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) m = fmaxf(m, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+        m = quad_max(m);
+        const float off = offset_of(m, scale_log2);
+        // exp2(-inf) = 0 when the old max was -inf (o and the sum are 0 then anyway).
+        const float corr = exp2f(row_max[mt][h] * scale_log2 - off);
+        row_max[mt][h] = m;
+        float sum = row_sum[mt][h] * corr;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) { o[mt][dt][2 * h] *= corr; o[mt][dt][2 * h + 1] *= corr; }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float p = exp2f(fmaf(s[mt][nt][2 * h + e], scale_log2, -off));
+            s[mt][nt][2 * h + e] = p;
+            sum += p;
+          }
+        row_sum[mt][h] = sum;
+      }
+    }
+  }
+
+  // Completes the row sums across the quad (call once, after the last update).
+  __device__ __forceinline__ void finalize() {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) row_sum[mt][h] = quad_sum(row_sum[mt][h]);
+  }
+
+  // Natural-log sum-exp of a finalized row: max * scale_log2 * ln2 + ln(sum); +inf if empty.
+  __device__ __forceinline__ float lse(int mt, int h, float scale_log2) const {
+    const float l = row_sum[mt][h];
+    if (row_max[mt][h] == -INFINITY || !(l > 0.f)) return INFINITY;
+    return row_max[mt][h] * scale_log2 * 0.6931471805599453f + logf(l);
+  }
+};
+
+}  // namespace flash::sm80

@@ -1,0 +1,144 @@
+// Offers: warp-level tensor-core GEMMs on m16n8k16 fragments (mma.sync through CuTe's SM80 atoms,
+// operands through CuTe's ldmatrix atoms) plus fp32 -> fp16/bf16 pair packing.
+//
+// Fragment layout (PTX ISA, mma.m16n8k16, 16-bit A/B, fp32 C/D), lane = 4 * g + t:
+//   A (16x16, row major)  a0:(g, 2t..2t+1)  a1:(g+8, 2t..)  a2:(g, 2t+8..)  a3:(g+8, 2t+8..)
+//   B (16x8,  k x n)      b0:(k 2t..2t+1, n g)              b1:(k 2t+8..2t+9, n g)
+//   C (16x8)              c0,c1:(g, 2t..2t+1)               c2,c3:(g+8, 2t..2t+1)
+// Accumulators are float[MT][NT][4]: m-tile mt covers rows row0 + 16 mt .. +15 of the warp,
+// n-tile nt covers columns 8 nt .. 8 nt + 7.
+//
+// ldmatrix.x4 hands matrix i (row addresses from lanes 8i..8i+7) to register i; each thread gets
+// row lane/4, columns 2(lane%4)..+1 of it (.trans: column lane/4, rows 2(lane%4)..+1).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cute/arch/copy_sm75.hpp>
+#include <cute/arch/mma_sm80.hpp>
+#include <cute/numeric/numeric_types.hpp>
+
+namespace flash::sm80 {
+
+template <typename Element>
+struct MmaTraits;
+template <>
+struct MmaTraits<cutlass::half_t> {
+  using Atom = cute::SM80_16x8x16_F32F16F16F32_TN;
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+template <>
+struct MmaTraits<cutlass::bfloat16_t> {
+  using Atom = cute::SM80_16x8x16_F32BF16BF16F32_TN;
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+
+template <int MT, int NT>
+__device__ __forceinline__ void zero_acc(float (&acc)[MT][NT][4]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
+}
+
+// acc[MT][NT] += A * B^T where A = smem rows a_row0 .. a_row0 + 16 MT - 1 (row major, reduction
+// dim contiguous) and B = smem rows 0 .. 8 NT - 1 (row major, reduction dim contiguous), over
+// reduction columns [0, kDepth). Used for S = Q K^T (and dP = dO V^T, ...).
+template <int MT, int NT, int kDepth, typename TileA, typename TileB, typename Element>
+__device__ __forceinline__ void gemm_abt_smem(float (&acc)[MT][NT][4], const Element* sA, int a_row0,
+                                              const Element* sB, int b_row0, int lane) {
+  static_assert(NT % 2 == 0, "B is fetched as pairs of n-tiles");
+  using Atom = typename MmaTraits<Element>::Atom;
+  // A: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15).
+  const int a_row = a_row0 + (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int a_col = (lane >> 4) * 8;
+  // B pair p: matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15)
+  //           = b0, b1 of n-tile 2p, then b0, b1 of n-tile 2p + 1.
+  const int b_row = b_row0 + (lane & 7) + (lane >> 4) * 8;
+  const int b_col = ((lane >> 3) & 1) * 8;
+#pragma unroll
+  for (int kk = 0; kk < kDepth / 16; ++kk) {
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      cute::SM75_U32x4_LDSM_N::copy(
+          *reinterpret_cast<const cute::uint128_t*>(sA + TileA::offset(a_row + mt * 16, kk * 16 + a_col)),
+          a[mt][0], a[mt][1], a[mt][2], a[mt][3]);
+    }
+#pragma unroll
+    for (int p = 0; p < NT / 2; ++p) {
+      uint32_t b[4];
+      cute::SM75_U32x4_LDSM_N::copy(
+          *reinterpret_cast<const cute::uint128_t*>(sB + TileB::offset(b_row + p * 16, kk * 16 + b_col)),
+          b[0], b[1], b[2], b[3]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float* c = acc[mt][2 * p + h];
+          Atom::fma(c[0], c[1], c[2], c[3], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[2 * h],
+                    b[2 * h + 1], c[0], c[1], c[2], c[3]);
+        }
+      }
+    }
+  }
+}
+
+// The A operand of a 16 x 16 k-slice taken from a C-layout accumulator: k-slice kk spans n-tiles
+// 2 kk and 2 kk + 1 of `src` (this is how P = softmax(S) feeds O += P V without shared memory).
+template <typename Element, int NT>
+__device__ __forceinline__ void acc_to_a_frag(const float (&src)[NT][4], int kk, uint32_t (&a)[4]) {
+  using T = MmaTraits<Element>;
+  a[0] = T::pack(src[2 * kk][0], src[2 * kk][1]);
+  a[1] = T::pack(src[2 * kk][2], src[2 * kk][3]);
+  a[2] = T::pack(src[2 * kk + 1][0], src[2 * kk + 1][1]);
+  a[3] = T::pack(src[2 * kk + 1][2], src[2 * kk + 1][3]);
+}
+
+// acc[MT][DT] += P * V where P = probabilities in registers (C layout, [MT][KT][4], KT n-tiles of
+// 8 keys) and V = smem rows 0 .. 8 KT - 1 (key major, dim contiguous), dims [0, 8 DT).
+template <int MT, int DT, int KT, typename TileB, typename Element>
+__device__ __forceinline__ void gemm_rs_v(float (&acc)[MT][DT][4], const float (&p)[MT][KT][4],
+                                          const Element* sV, int lane) {
+  static_assert(DT % 2 == 0 && KT % 2 == 0, "pairs of tiles");
+  using Atom = typename MmaTraits<Element>::Atom;
+  // .trans matrices for d-pair q: (keys 0-7, d 0-7), (keys 8-15, d 0-7), (keys 0-7, d 8-15),
+  // (keys 8-15, d 8-15) = b0, b1 of d-tile 2q, then b0, b1 of d-tile 2q + 1.
+  const int v_row = (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int v_col = (lane >> 4) * 8;
+#pragma unroll
+  for (int kk = 0; kk < KT / 2; ++kk) {
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) acc_to_a_frag<Element>(p[mt], kk, a[mt]);
+#pragma unroll
+    for (int q = 0; q < DT / 2; ++q) {
+      uint32_t b[4];
+      cute::SM75_U16x8_LDSM_T::copy(
+          *reinterpret_cast<const cute::uint128_t*>(sV + TileB::offset(kk * 16 + v_row, q * 16 + v_col)),
+          b[0], b[1], b[2], b[3]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float* c = acc[mt][2 * q + h];
+          Atom::fma(c[0], c[1], c[2], c[3], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[2 * h],
+                    b[2 * h + 1], c[0], c[1], c[2], c[3]);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace flash::sm80

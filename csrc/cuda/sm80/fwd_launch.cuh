@@ -1,0 +1,44 @@
+// Host-side launcher of the Ampere-class forward kernel for one (dtype, head-dim bucket). Each
+// inst/fwd_hdim<D>_<dtype>.cu instantiates launch_fwd<Element, D> once: exactly one kernel per
+// (dtype, bucket); every feature is a run-time flag inside it.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "common/philox.h"
+#include "cuda/sm80/fwd_kernel.cuh"
+#include "flash/errors.h"
+
+namespace flash::sm80 {
+
+template <typename Element, int kHeadDim>
+void launch_fwd(const FwdParams& params, cudaStream_t stream) {
+  using Cfg = FwdTileConfig<kHeadDim>;
+  const int num_m_blocks = (params.seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
+  if (num_m_blocks == 0 || params.batch == 0 || params.nheads == 0) return;
+
+  FwdKernelArgs args;
+  args.p = params;
+  args.scale_log2 = params.softmax_scale * 1.4426950408889634f;
+  args.rp_dropout = params.dropout_p > 0.f ? 1.f / (1.f - params.dropout_p) : 1.f;
+  args.keep_threshold = dropout_keep_threshold(params.dropout_p);
+  args.head_ratio = params.nheads / params.nheads_k;
+
+  auto kernel = &fwd_kernel<Element, kHeadDim>;
+  constexpr int kSmem = Cfg::kSmemBytes;
+  if (kSmem > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (e != cudaSuccess) {
+      throw DeviceError(std::string("sm80 fwd: cudaFuncSetAttribute(smem=") + std::to_string(kSmem) +
+                        "): " + cudaGetErrorString(e));
+    }
+  }
+  const dim3 grid(num_m_blocks, params.nheads, params.batch);
+  kernel<<<grid, Cfg::kThreads, kSmem, stream>>>(args);
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) throw DeviceError(std::string("sm80 fwd launch: ") + cudaGetErrorString(e));
+}
+
+}  // namespace flash::sm80

@@ -1,0 +1,6 @@
+// Instantiation: Ampere-class forward, head-dim bucket 64, bf16.
+#include "cuda/sm80/fwd_launch.cuh"
+
+namespace flash::sm80 {
+template void launch_fwd<cutlass::bfloat16_t, 64>(const FwdParams&, cudaStream_t);
+}  // namespace flash::sm80
