@@ -1,0 +1,4 @@
+// sm80 backward main kernel for head-dim bucket 32, bf16.
+#include "cuda/sm80/bwd_launch.cuh"
+
+FLASH_SM80_BWD_INSTANTIATE(__nv_bfloat16, 32)
