@@ -23,6 +23,7 @@ args=(-DFLASH_ATTN_BUILD_PYTHON=ON -DFLASH_ATTN_BUILD_TESTS=ON -DFLASH_ATTN_INPL
       -DPython_EXECUTABLE="$(command -v "$PY")" "-DFLASH_ATTN_HDIMS=${FLASH_ATTN_HDIMS}"
       "-DFLASH_ATTN_DTYPES=${FLASH_ATTN_DTYPES:-fp16;bf16}" "-DFLASH_ATTN_SM80_ARCHS=${FLASH_ATTN_SM80_ARCHS:-80;90}")
 [ -n "${FLASH_ATTN_CUDA:-}" ] && args+=("-DFLASH_ATTN_CUDA=${FLASH_ATTN_CUDA}")
+[ -n "${FLASH_ATTN_SM90:-}" ] && args+=("-DFLASH_ATTN_SM90=${FLASH_ATTN_SM90}")
 [ -n "${CUDACXX:-}" ] || { [ -x /usr/local/cuda/bin/nvcc ] && export CUDACXX=/usr/local/cuda/bin/nvcc; } || true
 
 echo "[build] cmake ${args[*]}"
