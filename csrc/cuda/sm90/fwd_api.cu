@@ -1,0 +1,159 @@
+// Entry points of the sm90 forward path (declared in sm90.h): capability check with a reason,
+// workspace size, and dispatch to the (dtype, head_dim) instantiation.
+//
+// Build filtering: cmake/cuda_backend.cmake defines FLASH_HDIM_<D>_ENABLED and
+// FLASH_<FP16|BF16>_ENABLED for the instantiations it compiles; a build by hand that defines none
+// of them gets every instantiation.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include <cutlass/numeric_types.h>
+
+#include "cuda/sm90/fwd_launch_decl.h"
+#include "cuda/sm90/sm90.h"
+
+#if !defined(FLASH_FP16_ENABLED) && !defined(FLASH_BF16_ENABLED)
+#define FLASH_HDIM_64_ENABLED 1
+#define FLASH_HDIM_128_ENABLED 1
+#define FLASH_HDIM_256_ENABLED 1
+#define FLASH_FP16_ENABLED 1
+#define FLASH_BF16_ENABLED 1
+#endif
+
+namespace flash::sm90 {
+
+namespace {
+
+bool built_for(DType dtype, int head_dim) {
+  bool dtype_ok = false, hdim_ok = false;
+#if defined(FLASH_FP16_ENABLED)
+  dtype_ok |= dtype == DType::kFloat16;
+#endif
+#if defined(FLASH_BF16_ENABLED)
+  dtype_ok |= dtype == DType::kBFloat16;
+#endif
+#if defined(FLASH_HDIM_64_ENABLED)
+  hdim_ok |= head_dim == 64;
+#endif
+#if defined(FLASH_HDIM_128_ENABLED)
+  hdim_ok |= head_dim == 128;
+#endif
+#if defined(FLASH_HDIM_256_ENABLED)
+  hdim_ok |= head_dim == 256;
+#endif
+  return dtype_ok && hdim_ok;
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// A stride TMA can take: a multiple of 16 bytes below 2^40 bytes. Dimensions of extent 1 never
+// use their stride (the launcher substitutes a valid one), so any value passes there.
+bool tma_stride_ok(int64_t stride_elems, int extent) {
+  if (extent <= 1) return true;
+  const int64_t bytes = stride_elems * 2;
+  return bytes > 0 && bytes % 16 == 0 && bytes < (int64_t(1) << 40);
+}
+
+// *why gets the name of the argument that blocks this path (the dispatcher reports it).
+bool fail(std::string* why, const char* argument) {
+  if (why) *why = argument;
+  return false;
+}
+
+bool device_is_sm90(int device_index) {
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_index) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device_index) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free error so later calls are not confused
+    return false;
+  }
+  return major == 9 && minor == 0;  // sm_90a code runs on compute capability 9.0 only
+}
+
+}  // namespace
+
+bool supports_fwd(const FwdParams& p, std::string* why) {
+  if (p.device != Device::kCUDA) return fail(why, "device");
+  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
+    return fail(why, "dtype");
+  if (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256)
+    return fail(why, "head_dim");
+  if (!built_for(p.dtype, p.head_dim))  // instantiation filtered out of this build
+    return fail(why, "head_dim");
+  // Not yet on this path (the sm80 path takes them): varlen, paged KV, dropout, S_dmask.
+  if (p.cu_seqlens_q != nullptr || p.cu_seqlens_k != nullptr || p.seqused_k != nullptr)
+    return fail(why, p.cu_seqlens_q != nullptr ? "cu_seqlens_q" : p.cu_seqlens_k != nullptr ? "cu_seqlens_k" : "seqused_k");
+  if (p.block_table != nullptr) return fail(why, "block_table");
+  if (p.dropout_p > 0.f) return fail(why, "dropout_p");
+  if (p.attn_probs != nullptr) return fail(why, "attn_probs");
+  if (p.seqlen_k <= 0) return fail(why, "seqlen_k");  // a TMA map cannot be empty
+  if (p.nheads_k <= 0 || p.nheads % p.nheads_k != 0)
+    return fail(why, "nheads_k");
+  if (p.nheads > 65535 || p.batch > 65535)  // grid dimensions y and z
+    return fail(why, p.nheads > 65535 ? "nheads" : "batch");
+  // TMA: 16-byte aligned base, strides multiples of 16 bytes.
+  if (!aligned16(p.q) || !aligned16(p.k) || !aligned16(p.v))
+    return fail(why, !aligned16(p.q) ? "q" : !aligned16(p.k) ? "k" : "v");
+  if (!tma_stride_ok(p.q_row_stride, p.seqlen_q) || !tma_stride_ok(p.q_head_stride, p.nheads) ||
+      !tma_stride_ok(p.q_batch_stride, p.batch))
+    return fail(why, "q");
+  if (!tma_stride_ok(p.k_row_stride, p.seqlen_k) || !tma_stride_ok(p.k_head_stride, p.nheads_k) ||
+      !tma_stride_ok(p.k_batch_stride, p.batch))
+    return fail(why, "k");
+  if (!tma_stride_ok(p.v_row_stride, p.seqlen_k) || !tma_stride_ok(p.v_head_stride, p.nheads_k) ||
+      !tma_stride_ok(p.v_batch_stride, p.batch))
+    return fail(why, "v");
+  // The epilogue stores 2 adjacent elements (4 bytes) at a time.
+  if ((reinterpret_cast<uintptr_t>(p.out) & 3u) != 0 || p.out_row_stride % 2 != 0 ||
+      p.out_head_stride % 2 != 0 || p.out_batch_stride % 2 != 0)
+    return fail(why, "out");
+  if (!device_is_sm90(p.device_index))
+    return fail(why, "device_index");
+  return true;
+}
+
+size_t fwd_workspace_size(const FwdParams&) { return 0; }
+
+void run_fwd(const FwdParams& p, void* stream_ptr) {
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  const bool bf16 = p.dtype == DType::kBFloat16;
+  switch (p.head_dim) {
+#if defined(FLASH_HDIM_64_ENABLED)
+    case 64:
+#if defined(FLASH_BF16_ENABLED)
+      if (bf16) return run_fwd_hdim<cutlass::bfloat16_t, 64>(p, stream);
+#endif
+#if defined(FLASH_FP16_ENABLED)
+      if (!bf16) return run_fwd_hdim<cutlass::half_t, 64>(p, stream);
+#endif
+      break;
+#endif
+#if defined(FLASH_HDIM_128_ENABLED)
+    case 128:
+#if defined(FLASH_BF16_ENABLED)
+      if (bf16) return run_fwd_hdim<cutlass::bfloat16_t, 128>(p, stream);
+#endif
+#if defined(FLASH_FP16_ENABLED)
+      if (!bf16) return run_fwd_hdim<cutlass::half_t, 128>(p, stream);
+#endif
+      break;
+#endif
+#if defined(FLASH_HDIM_256_ENABLED)
+    case 256:
+#if defined(FLASH_BF16_ENABLED)
+      if (bf16) return run_fwd_hdim<cutlass::bfloat16_t, 256>(p, stream);
+#endif
+#if defined(FLASH_FP16_ENABLED)
+      if (!bf16) return run_fwd_hdim<cutlass::half_t, 256>(p, stream);
+#endif
+      break;
+#endif
+    default:
+      break;
+  }
+  // Unreachable when the caller checked supports_fwd first.
+}
+
+}  // namespace flash::sm90

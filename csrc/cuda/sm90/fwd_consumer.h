@@ -1,0 +1,238 @@
+// Consumer role of the sm90 forward kernel: warpgroups 1 and 2, 64 query rows each.
+//
+// Per key block (visited from the last to the first, as the producer loads them):
+//   wait K stage -> S = Q K^T (wgmma, both operands in smem) -> release K stage
+//   -> score modifiers (scale, softcap, ALiBi) and the mask, only where needed
+//   -> online softmax in registers -> P = bf16/fp16(S) kept in registers
+//   -> wait V stage -> O += P V (wgmma, A = P from registers, B = V^T view of smem) -> release V.
+// With Traits::kIntraWgOverlap (default) the two GEMMs of neighbouring blocks are issued together:
+// Q K^T(i+1) and P V(i), then the softmax of block i+1 runs while P V(i) is in the tensor cores.
+// Then O is normalised and written straight from registers, LSE by one thread per row.
+#pragma once
+
+#include <cutlass/arch/barrier.h>
+#include <cutlass/numeric_conversion.h>
+
+#include "fwd_block_range.h"
+#include "fwd_kernel_params.h"
+#include "fwd_softmax.h"
+
+namespace flash::sm90 {
+
+// One wgmma batch: C (+)= A * B over all k-blocks, committed as one group. kZeroInit makes the
+// first k-block overwrite C instead of accumulating (saves clearing the S fragment).
+// kARegs: A lives in registers (RS wgmma); its registers must be fenced like the accumulator's.
+template <bool kZeroInit, bool kARegs, typename TiledMma, typename TA, typename TB, typename TC>
+__device__ __forceinline__ void wgmma_gemm(TiledMma& mma, TA& tA, TB const& tB, TC& tC) {
+  if constexpr (kARegs) warpgroup_fence_operand(tA);
+  warpgroup_fence_operand(tC);
+  warpgroup_arrive();
+  if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
+  CUTE_UNROLL
+  for (int k = 0; k < size<2>(tA); ++k) {
+    cute::gemm(mma, tA(_, _, k), tB(_, _, k), tC);
+    mma.accumulate_ = GMMA::ScaleOut::One;
+  }
+  warpgroup_commit_batch();
+  warpgroup_fence_operand(tC);
+  if constexpr (kARegs) warpgroup_fence_operand(tA);
+}
+
+// kModScores: softcap or ALiBi present. Then scores are brought to natural units (times
+// softmax_scale) before the modifiers; without them the scale is folded into the exp2 FFMA.
+template <typename Traits, bool kModScores>
+__device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
+                                             typename Traits::SharedStorage& ss,
+                                             const MaskRule& rule, int m_block, int bidh,
+                                             int bidb, int tid /* 0 .. kNumConsumerThreads-1 */) {
+  using namespace cute;
+  using Element = typename Traits::Element;
+  using Barrier = cutlass::arch::ClusterTransactionBarrier;
+  using EmptyBarrier = cutlass::arch::ClusterBarrier;
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
+
+  typename Traits::TiledMmaQK mma_qk;
+  typename Traits::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(tid);
+  auto thr_pv = mma_pv.get_thread_slice(tid);
+
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.k), typename Traits::SmemLayoutK{});
+  Tensor sVt = make_tensor(make_smem_ptr(ss.v), typename Traits::SmemLayoutVt{});
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // wgmma descriptors (MMA, MMA_M, MMA_K)
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stages)
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stages)
+
+  Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+  clear(tOrO);
+  Tensor O = rowcol_view(tOrO);
+  // Tile coordinates (row, key) of each S value of this thread, and (row, col) of each O value.
+  Tensor cS = rowcol_view(thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
+  Tensor cO = rowcol_view(thr_pv.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{})));
+  constexpr int kRows = decltype(size<0>(cS))::value;
+
+  // S fragment ((2,2,kBlockN/8),1,1) as the A operand of P V: ((2,2,2),1,kBlockN/16). The wgmma
+  // register layouts of C (64xN) and A (64x16) coincide value for value -- k-block k of A is
+  // column groups 2k and 2k+1 of C -- so the conversion is only a re-view of the same order.
+  using PLayout = Layout<Shape<Shape<_2, _2, _2>, _1, Int<kBlockN / 16>>,
+                         Stride<Stride<_1, _2, _4>, _0, _8>>;
+  constexpr int kSFragSize = kBlockN / 2;  // 64 x kBlockN over 128 threads
+  using SFragment = decltype(partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{}));
+  static_assert(decltype(size(std::declval<SFragment>()))::value == kSFragSize);
+  static_assert(decltype(cosize(std::declval<SFragment>().layout()))::value == kSFragSize,
+                "S fragment not compact: the P re-view below would be wrong");
+  static_assert(decltype(size<0, 0>(std::declval<SFragment>()))::value == 2 &&
+                decltype(size<0, 1>(std::declval<SFragment>()))::value == 2,
+                "unexpected wgmma accumulator layout");
+  constexpr float kLog2e = 1.4426950408889634f;
+  OnlineSoftmax<kRows> softmax(kModScores ? kLog2e : p.softmax_scale * kLog2e);
+
+  const int row0 = m_block * kBlockM;
+  float alibi_slope = 0.f;
+  if constexpr (kModScores) {
+    if (p.alibi_slopes != nullptr)
+      alibi_slope = p.alibi_slopes[bidb * p.alibi_batch_stride + bidh];
+  }
+
+  // Score modifiers (kModScores) and the element mask of one S tile, in place.
+  auto modify_and_mask = [&](auto& S, int n_block) {
+    const int col0 = n_block * kBlockN;
+    if constexpr (kModScores) {
+      CUTE_UNROLL
+      for (int r = 0; r < size<0>(S); ++r) {
+        const int row = row0 + get<0>(cS(r, 0));
+        CUTE_UNROLL
+        for (int c = 0; c < size<1>(S); ++c) {
+          float x = S(r, c) * p.softmax_scale;
+          if (p.softcap > 0.f) x = p.softcap * tanhf(x / p.softcap);
+          x += alibi_bias(alibi_slope, rule, row, col0 + get<1>(cS(r, c)));
+          S(r, c) = x;
+        }
+      }
+    }
+    if (block_needs_mask<kBlockM, kBlockN>(rule, m_block, n_block)) {
+      CUTE_UNROLL
+      for (int r = 0; r < size<0>(S); ++r) {
+        const int row = row0 + get<0>(cS(r, 0));
+        CUTE_UNROLL
+        for (int c = 0; c < size<1>(S); ++c)
+          if (!rule.visible(row, col0 + get<1>(cS(r, c)))) S(r, c) = -INFINITY;
+      }
+    }
+  };
+  // fp32 probabilities -> 16-bit A operand of P V (same register order, see PLayout).
+  auto convert_p = [&](auto const& tSrS, auto& tOrP) {
+    cutlass::NumericArrayConverter<Element, float, kSFragSize> convert;
+    *reinterpret_cast<cutlass::Array<Element, kSFragSize>*>(tOrP.data()) =
+        convert(*reinterpret_cast<const cutlass::Array<float, kSFragSize>*>(tSrS.data()));
+  };
+  auto full_k = [&](int s) -> Barrier& { return reinterpret_cast<Barrier&>(ss.full_k[s]); };
+  auto full_v = [&](int s) -> Barrier& { return reinterpret_cast<Barrier&>(ss.full_v[s]); };
+  auto empty_k = [&](int s) -> EmptyBarrier& { return reinterpret_cast<EmptyBarrier&>(ss.empty_k[s]); };
+  auto empty_v = [&](int s) -> EmptyBarrier& { return reinterpret_cast<EmptyBarrier&>(ss.empty_v[s]); };
+  constexpr int kStages = Traits::kStages;
+
+  const KeyBlockRange range = key_block_range<kBlockM, kBlockN>(rule, m_block);
+  if (range.n_min < range.n_max) {
+    reinterpret_cast<Barrier&>(ss.full_q).wait(0);
+    float correction[kRows];
+    Tensor tOrP = make_tensor<Element>(PLayout{});
+
+    if constexpr (Traits::kIntraWgOverlap) {
+      // Block i's P V is issued together with block i+1's Q K^T; the softmax of block i+1 runs
+      // while P V(i) is still in the tensor cores (wgmma groups retire in issue order, so
+      // wait<1> = "S(i+1) ready", wait<0> = "O ready"). O is rescaled only after wait<0>.
+      // Block number `it` (0-based, in visiting order) uses stage it % kStages, parity
+      // (it / kStages) & 1 -- the producer's sequence.
+      {
+        Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+        full_k(0).wait(0);
+        wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, 0), tSrS);
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tSrS);
+        empty_k(0).arrive();
+        Tensor S = rowcol_view(tSrS);
+        modify_and_mask(S, range.n_max - 1);
+        softmax.scores_to_probs(S, correction);  // O is still 0: no rescale needed
+        convert_p(tSrS, tOrP);
+      }
+      int it_prev = 0;
+      for (int n_block = range.n_max - 2; n_block >= range.n_min; --n_block) {
+        const int it = it_prev + 1;
+        const int stage = it % kStages, stage_prev = it_prev % kStages;
+        const uint32_t phase = (it / kStages) & 1, phase_prev = (it_prev / kStages) & 1;
+        Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+        full_k(stage).wait(phase);
+        wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
+        full_v(stage_prev).wait(phase_prev);
+        wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage_prev), tOrO);
+        warpgroup_wait<1>();  // S of this block is ready; P V of the previous may still run
+        warpgroup_fence_operand(tSrS);
+        empty_k(stage).arrive();
+        Tensor S = rowcol_view(tSrS);
+        modify_and_mask(S, n_block);
+        softmax.scores_to_probs(S, correction);
+        warpgroup_wait<0>();  // P V done: O may be rescaled and tOrP overwritten
+        warpgroup_fence_operand(tOrO);
+        empty_v(stage_prev).arrive();
+        OnlineSoftmax<kRows>::rescale(O, correction);
+        convert_p(tSrS, tOrP);
+        it_prev = it;
+      }
+      const int stage_prev = it_prev % kStages;
+      const uint32_t phase_prev = (it_prev / kStages) & 1;
+      full_v(stage_prev).wait(phase_prev);
+      wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage_prev), tOrO);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tOrO);
+      empty_v(stage_prev).arrive();
+    } else {
+      // Plain order, one wgmma batch in flight at a time (kept to compare against).
+      int stage = 0;
+      uint32_t phase = 0;
+      for (int n_block = range.n_max - 1; n_block >= range.n_min; --n_block) {
+        Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+        full_k(stage).wait(phase);
+        wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tSrS);
+        empty_k(stage).arrive();  // K stage may be refilled
+        Tensor S = rowcol_view(tSrS);
+        modify_and_mask(S, n_block);
+        softmax.scores_to_probs(S, correction);
+        OnlineSoftmax<kRows>::rescale(O, correction);  // the previous P V was waited for
+        convert_p(tSrS, tOrP);
+        full_v(stage).wait(phase);
+        wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage), tOrO);
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tOrO);
+        empty_v(stage).arrive();  // V stage may be refilled
+        if (++stage == kStages) { stage = 0; phase ^= 1; }
+      }
+    }
+  }
+
+  float lse[kRows];
+  softmax.finalize(O, lse);
+
+  // ---- epilogue: O (2 adjacent columns per store) and LSE, rows >= seqlen_q skipped ----------
+  Element* out = p.out + bidb * p.out_batch_stride + bidh * p.out_head_stride;
+  CUTE_UNROLL
+  for (int r = 0; r < size<0>(O); ++r) {
+    const int row = row0 + get<0>(cO(r, 0));
+    if (row >= p.seqlen_q) continue;
+    Element* out_row = out + row * p.out_row_stride;
+    CUTE_UNROLL
+    for (int c = 0; c < size<1>(O); c += 2) {  // columns c, c+1 are adjacent (mode 0,0 of C)
+      const int col = get<1>(cO(r, c));
+      cutlass::Array<Element, 2> pair;
+      pair[0] = static_cast<Element>(O(r, c));
+      pair[1] = static_cast<Element>(O(r, c + 1));
+      *reinterpret_cast<cutlass::Array<Element, 2>*>(out_row + col) = pair;
+    }
+    if (tid % 4 == 0)
+      p.lse[bidb * p.lse_batch_stride + bidh * p.lse_head_stride + row] = lse[r];
+  }
+}
+
+}  // namespace flash::sm90

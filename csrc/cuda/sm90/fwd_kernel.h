@@ -1,0 +1,62 @@
+// The sm90 forward kernel: one CTA per (128-row query tile, head, batch), three warpgroups.
+//   warpgroup 0: producer (TMA loads; registers lowered to kProducerRegs by setmaxnreg)
+//   warpgroups 1, 2: consumers (wgmma + softmax; registers raised to kConsumerRegs)
+// setmaxnreg only takes effect with a register cap at entry (__launch_bounds__(threads, 1)) and
+// with each role in one branch of a single if/else, as below.
+#pragma once
+
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "common/mask.h"
+#include "fwd_consumer.h"
+#include "fwd_kernel_params.h"
+#include "fwd_producer.h"
+
+namespace flash::sm90 {
+
+template <typename Traits, bool kModScores>
+__global__ void __launch_bounds__(Traits::kNumThreads, 1)
+    fwd_kernel(const __grid_constant__ FwdKernelParams<Traits> p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using SharedStorage = typename Traits::SharedStorage;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  SharedStorage& ss = *reinterpret_cast<SharedStorage*>(smem_raw);
+
+  const int warp_idx = cutlass::canonical_warp_idx_sync();
+  const int warpgroup_idx = cutlass::canonical_warp_group_idx();
+  // Highest query tiles first: with causal/local masks they see the most keys, so starting them
+  // early shortens the tail of the grid (no effect without masks).
+  const int m_block = gridDim.x - 1 - blockIdx.x, bidh = blockIdx.y, bidb = blockIdx.z;
+  const MaskRule rule{p.seqlen_q, p.seqlen_k, p.window_left, p.window_right};
+
+  if (warp_idx == 0 && cute::elect_one_sync()) {
+    cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
+    using Barrier = cutlass::arch::ClusterBarrier;
+    // Full barriers: one arrival (the producer's arrive_and_expect_tx) plus the TMA bytes.
+    // Empty barriers: every consumer thread arrives once per use of the stage.
+    Barrier::init(&ss.full_q, 1);
+    for (int s = 0; s < Traits::kStages; ++s) {
+      Barrier::init(&ss.full_k[s], 1);
+      Barrier::init(&ss.full_v[s], 1);
+      Barrier::init(&ss.empty_k[s], Traits::kNumConsumerThreads);
+      Barrier::init(&ss.empty_v[s], Traits::kNumConsumerThreads);
+    }
+    cutlass::arch::fence_barrier_init();  // make the inits visible to the async (TMA) proxy
+  }
+  __syncthreads();
+
+  if (warpgroup_idx == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (warp_idx == 0 && cute::elect_one_sync())
+      fwd_producer<Traits>(p, ss, rule, m_block, bidh, bidb);
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+    fwd_consumer<Traits, kModScores>(p, ss, rule, m_block, bidh, bidb, threadIdx.x - 128);
+  }
+#endif
+}
+
+}  // namespace flash::sm90

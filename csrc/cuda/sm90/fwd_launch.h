@@ -1,0 +1,103 @@
+// Host side of one (dtype, head_dim) instantiation: builds the TMA descriptors of this call, the
+// kernel params, and launches. Included only by the files in inst/ (heavy: pulls in the kernel).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "flash/params.h"
+#include "fwd_kernel.h"
+#include "fwd_launch_decl.h"
+
+namespace flash::sm90 {
+
+namespace detail {
+
+// TMA rejects strides that are not multiples of 16 bytes even for dimensions of extent 1, where
+// the stride is never used; torch may hand us any value there (e.g. batch stride when batch=1).
+// Such a stride is replaced by the "packed" one (previous stride x previous extent), which is a
+// multiple of 16 bytes whenever the previous one is and keeps the strides non-decreasing.
+inline int64_t tma_stride(int64_t stride, int extent, int64_t packed) {
+  return extent > 1 ? stride : packed;
+}
+
+template <typename Traits, typename Tma, typename SmemLayout, typename TileShape>
+Tma make_qkv_tma(const void* ptr, int rows, int heads, int batch, int64_t row_stride,
+                 int64_t head_stride, int64_t batch_stride, SmemLayout smem, TileShape tile) {
+  using Element = typename Traits::Element;
+  const int64_t rs = tma_stride(row_stride, rows, Traits::kHeadDim);
+  const int64_t hs = tma_stride(head_stride, heads, rs * rows);
+  const int64_t bs = tma_stride(batch_stride, batch, hs * heads);
+  Tensor g = make_tensor(make_gmem_ptr(static_cast<const Element*>(ptr)),
+                         QkvGmemLayout(make_shape(rows, int(Traits::kHeadDim), heads, batch),
+                                       make_stride(rs, _1{}, hs, bs)));
+  return make_tma_copy(SM90_TMA_LOAD{}, g, smem, tile, _1{});
+}
+
+inline void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("sm90 fwd: ") + what + ": " + cudaGetErrorString(e));
+}
+
+}  // namespace detail
+
+template <typename Element, int kHeadDim>
+void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
+  using Traits = FwdTraits<Element, kHeadDim>;
+  using Tmas = FwdTmaTypes<Traits>;
+  if (params.seqlen_q == 0 || params.batch == 0 || params.nheads == 0) return;
+
+  const auto tile_q = Shape<Int<Traits::kBlockM>, Int<kHeadDim>>{};
+  const auto tile_kv = Shape<Int<Traits::kBlockN>, Int<kHeadDim>>{};
+  const auto smem_kv = take<0, 2>(typename Traits::SmemLayoutK{});
+  FwdKernelParams<Traits> kp{
+      detail::make_qkv_tma<Traits, typename Tmas::TmaQ>(
+          params.q, params.seqlen_q, params.nheads, params.batch, params.q_row_stride,
+          params.q_head_stride, params.q_batch_stride, typename Traits::SmemLayoutQ{}, tile_q),
+      detail::make_qkv_tma<Traits, typename Tmas::TmaKV>(
+          params.k, params.seqlen_k, params.nheads_k, params.batch, params.k_row_stride,
+          params.k_head_stride, params.k_batch_stride, smem_kv, tile_kv),
+      detail::make_qkv_tma<Traits, typename Tmas::TmaKV>(
+          params.v, params.seqlen_k, params.nheads_k, params.batch, params.v_row_stride,
+          params.v_head_stride, params.v_batch_stride, smem_kv, tile_kv),
+  };
+  kp.batch = params.batch;
+  kp.nheads = params.nheads;
+  kp.nheads_k = params.nheads_k;
+  kp.seqlen_q = params.seqlen_q;
+  kp.seqlen_k = params.seqlen_k;
+  kp.head_ratio = params.nheads / params.nheads_k;
+  kp.window_left = params.window_left;
+  kp.window_right = params.window_right;
+  kp.softmax_scale = params.softmax_scale;
+  kp.softcap = params.softcap;
+  kp.alibi_slopes = params.alibi_slopes;
+  kp.alibi_batch_stride = params.alibi_batch_stride;
+  kp.out = static_cast<Element*>(params.out);
+  kp.out_batch_stride = params.out_batch_stride;
+  kp.out_row_stride = params.out_row_stride;
+  kp.out_head_stride = params.out_head_stride;
+  kp.lse = params.softmax_lse;
+  kp.lse_batch_stride = params.lse_batch_stride;
+  kp.lse_head_stride = params.lse_head_stride;
+
+  const bool mod_scores = params.softcap > 0.f || params.alibi_slopes != nullptr;
+  auto kernel = mod_scores ? fwd_kernel<Traits, true> : fwd_kernel<Traits, false>;
+  constexpr int kSmem = Traits::kSmemBytes;
+  detail::check_cuda(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
+      "cudaFuncSetAttribute(max dynamic smem)");
+  const dim3 grid((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, params.nheads,
+                  params.batch);
+  kernel<<<grid, Traits::kNumThreads, kSmem, stream>>>(kp);
+  detail::check_cuda(cudaGetLastError(), "kernel launch");
+}
+
+}  // namespace flash::sm90
+
+// One explicit instantiation per file in inst/.
+#define FLASH_SM90_INSTANTIATE_FWD(ELEMENT, HDIM)                                    \
+  template void flash::sm90::run_fwd_hdim<ELEMENT, HDIM>(const flash::FwdParams&, \
+                                                         cudaStream_t);

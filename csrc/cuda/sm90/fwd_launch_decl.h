@@ -1,0 +1,14 @@
+// Declaration of the per-(dtype, head_dim) launchers; definitions are instantiated in inst/.
+// Light: fwd_api.cu includes only this, so the dispatcher does not compile any kernel.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "flash/params.h"
+
+namespace flash::sm90 {
+
+template <typename Element, int kHeadDim>
+void run_fwd_hdim(const FwdParams& params, cudaStream_t stream);
+
+}  // namespace flash::sm90
