@@ -81,6 +81,9 @@ file(GLOB SM80_INST CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/csrc/cuda/sm80/inst/
 # The kvcache kernels use the same instructions and target the same architectures.
 file(GLOB KVCACHE_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/csrc/cuda/kvcache/*.cu)
 list(APPEND SM80_SOURCES ${KVCACHE_SOURCES})
+# The rotary kernel is plain CUDA C++ and rides along with the same architectures.
+file(GLOB ROTARY_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/csrc/rotary/*.cu)
+list(APPEND SM80_SOURCES ${ROTARY_CUDA_SOURCES})
 flash_filter_instantiations(SM80_INST ${SM80_INST})
 flash_cuda_library(flash_attn_sm80 "${SM80_GENCODES}" ${SM80_SOURCES} ${SM80_INST})
 
