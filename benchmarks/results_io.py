@@ -54,6 +54,9 @@ def decode_bytes(batch, seqlen_q, context, nheads, nheads_kv, hdim, elem_size):
 # Metadata
 # ---------------------------------------------------------------------------------------------
 def git_commit():
+    # The GPU machine gets a copy of the tree without .git: the round passes the sha in.
+    if os.environ.get("FLASH_ATTN_COMMIT"):
+        return os.environ["FLASH_ATTN_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=10)

@@ -3,10 +3,11 @@
 # for the local GPU, run the C++ and Python test tiers and the benchmark, and leave logs and results
 # JSON in the output folder (first argument, default $OUT, else ./gpu_round_out).
 #   bash scripts/gpu_round.sh [OUT_DIR] [--tests "pytest args"] [--bench "bench args"] [--no-bench]
+# The sha for the results JSON comes from FLASH_ATTN_COMMIT (the GPU machine's copy has no .git).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu_round_out}}; shift || true
-pytest_args="tests/python"; bench_args="--quick"; run_bench=1
+pytest_args="tests/python"; bench_args="--grid training --quick"; run_bench=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --tests) pytest_args="$2"; shift 2 ;;
@@ -35,13 +36,19 @@ ctest --test-dir "${FLASH_ATTN_BUILD_DIR:-build/dev}" -j 8 > "$out/ctest.log" 2>
 echo "ctest rc=$? $(grep -E 'tests passed|tests failed' "$out/ctest.log")" | tee -a "$out/summary.txt"
 
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
-python3 -m pytest -q -p no:cacheprovider -rf --junitxml="$out/pytest.xml" $pytest_args > "$out/pytest.log" 2>&1
+# pytest-xdist, when installed, spreads the cases over processes sharing the GPU.
+xdist=""; python3 -c "import xdist" 2>/dev/null && xdist="-n 8"
+python3 -m pytest -q -p no:cacheprovider -rf $xdist --junitxml="$out/pytest.xml" $pytest_args > "$out/pytest.log" 2>&1
 echo "pytest rc=$? $(tail -1 "$out/pytest.log")" | tee -a "$out/summary.txt"
 grep -E "^FAILED|^ERROR" "$out/pytest.log" | head -40
 
 if [ $run_bench = 1 ]; then
   python3 benchmarks/bench_attention.py $bench_args --out "$out/h100-attention.json" > "$out/bench.log" 2>&1
   echo "bench rc=$?" | tee -a "$out/summary.txt"
-  tail -40 "$out/bench.log"
+  python3 benchmarks/bench_attention.py --grid decode --out "$out/h100-decode.json" > "$out/bench_decode.log" 2>&1
+  echo "decode bench rc=$?" | tee -a "$out/summary.txt"
+  python3 benchmarks/bench_rotary.py --out "$out/h100-rotary.json" > "$out/bench_rotary.log" 2>&1
+  echo "rotary bench rc=$?" | tee -a "$out/summary.txt"
+  tail -25 "$out/bench.log" "$out/bench_decode.log" "$out/bench_rotary.log"
 fi
 cat "$out/summary.txt"
