@@ -1,0 +1,1 @@
+"""Utilities that accompany the modules (generation state for incremental decoding)."""
