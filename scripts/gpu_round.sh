@@ -49,6 +49,8 @@ if [ $run_bench = 1 ]; then
   echo "decode bench rc=$?" | tee -a "$out/summary.txt"
   python3 benchmarks/bench_rotary.py --out "$out/h100-rotary.json" > "$out/bench_rotary.log" 2>&1
   echo "rotary bench rc=$?" | tee -a "$out/summary.txt"
-  tail -25 "$out/bench.log" "$out/bench_decode.log" "$out/bench_rotary.log"
+  tail -n 25 "$out/bench.log" "$out/bench_decode.log" "$out/bench_rotary.log"
 fi
+# The GPU machine returns at most 8 files: keep JSON + summary, pack the logs into one archive.
+(cd "$out" && tar czf logs.tgz *.log *.xml gpu.txt 2>/dev/null && rm -f *.log *.xml gpu.txt)
 cat "$out/summary.txt"
