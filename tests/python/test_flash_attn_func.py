@@ -87,6 +87,14 @@ def test_big_1023x1024(device, dtype, causal):
     run_case(device, dtype, 2, 1023, 1024, 8, 2, 128, {"causal": causal})
 
 
+@pytest.mark.parametrize("head_dim,flags", [(32, {"causal": True}), (256, {"window_size": (300, 40)})],
+                         ids=["d32_causal", "d256_local"])
+def test_long_2048(device, head_dim, flags):
+    """The longest sequences of the CPU acceptance range (2048 x 2048), GQA, fwd + bwd."""
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    run_case(device, dtype, 1, 2048, 2048, 2, 1, head_dim, flags)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_softmax_scale_default_uses_original_head_dim(device, dtype):
     """head_dim 59 (padded to 64 on CUDA): the default scale must be 59 ** -0.5."""
