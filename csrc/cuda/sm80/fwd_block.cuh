@@ -21,9 +21,12 @@
 
 namespace flash::sm80 {
 
-template <typename Element, int kHeadDim>
+// kFull: false = the lean kernel (no dropout, softcap, ALiBi, paged KV or S_dmask: the launcher
+// only picks it when all are off), whose register allocation is not burdened by those paths.
+template <typename Element, int kHeadDim, bool kFull_>
 struct FwdBlock {
-  using Cfg = FwdTileConfig<kHeadDim>;
+  static constexpr bool kFull = kFull_;
+  using Cfg = FwdTileConfig<kHeadDim, !kFull>;
   using ElementT = Element;
   using QTile = typename Cfg::QTile;
   using KVTile = typename Cfg::KVTile;
@@ -61,22 +64,24 @@ struct FwdBlock {
   __device__ __forceinline__ int warp() const { return threadIdx.x >> 5; }
   __device__ __forceinline__ int b() const { return blockIdx.z; }
   __device__ __forceinline__ int h() const { return blockIdx.y; }
-  __device__ __forceinline__ int m0() const { return blockIdx.x * kBlockM; }  // first query row
+  // First query row. Query blocks run in reverse launch order: with causal masks the last blocks
+  // see the most keys, so they start first and the light ones fill the tail of the grid.
+  __device__ __forceinline__ int m0() const { return static_cast<int>(gridDim.x - 1 - blockIdx.x) * kBlockM; }
   __device__ __forceinline__ int warp_row0() const { return m0() + warp() * Cfg::kWarpRows; }
   __device__ __forceinline__ int last_row() const { return (m0() + kBlockM < sq ? m0() + kBlockM : sq) - 1; }
   __device__ __forceinline__ int dim_chunks() const { return args.p.head_dim / 8; }
-  __device__ __forceinline__ bool paged() const { return args.p.block_table != nullptr; }
+  __device__ __forceinline__ bool paged() const { return kFull && args.p.block_table != nullptr; }
   __device__ __forceinline__ MaskRule rule() const {
     return MaskRule{sq, sk, args.p.window_left, args.p.window_right};
   }
   // Softcap or ALiBi: scores are transformed to natural-log units before the softmax.
   __device__ __forceinline__ bool has_mods() const {
-    return args.p.softcap > 0.f || args.p.alibi_slopes != nullptr;
+    return kFull && (args.p.softcap > 0.f || args.p.alibi_slopes != nullptr);
   }
   __device__ __forceinline__ float x_scale_log2() const {
     return has_mods() ? 1.4426950408889634f : args.scale_log2;
   }
-  __device__ __forceinline__ bool has_dropout() const { return args.p.dropout_p > 0.f; }
+  __device__ __forceinline__ bool has_dropout() const { return kFull && args.p.dropout_p > 0.f; }
   // rng_state is a device pointer read at run time, so CUDA-graph replays draw fresh masks.
   __device__ __forceinline__ DropoutState dropout() const {
     const FwdParams& p = args.p;
@@ -102,7 +107,7 @@ struct FwdBlock {
     const FwdParams& p = args.p;
     int64_t off = static_cast<int64_t>(h() / args.head_ratio) * head_stride;
     const int32_t* table = nullptr;
-    if (p.block_table != nullptr) {
+    if (paged()) {
       table = p.block_table + static_cast<int64_t>(b()) * p.block_table_batch_stride;
     } else {
       off += p.cu_seqlens_k != nullptr ? static_cast<int64_t>(k_start) * row_stride
@@ -116,22 +121,40 @@ struct FwdBlock {
     const FwdParams& p = args.p;
     const int64_t off = p.cu_seqlens_q != nullptr ? static_cast<int64_t>(q_start) * p.q_row_stride
                                                   : static_cast<int64_t>(b()) * p.q_batch_stride;
-    const DenseRows<Element> rows{static_cast<const Element*>(p.q) + off + static_cast<int64_t>(h()) * p.q_head_stride,
-                                  p.q_row_stride, m0(), sq};
-    load_tile_async<Cfg::kThreads, QTile>(sQ(), rows, dim_chunks(), tid());
+    const Element* base = static_cast<const Element*>(p.q) + off + static_cast<int64_t>(h()) * p.q_head_stride;
+    load_tile_dense_async<Cfg::kThreads, QTile>(sQ(), base + static_cast<int64_t>(m0()) * p.q_row_stride,
+                                                p.q_row_stride, sq - m0(), dim_chunks(), tid());
+  }
+  // Dense K or V rows of key block n (not paged): row r is key n * kBlockN + r of the sequence.
+  __device__ __forceinline__ void load_kv_dense_async(Element* dst, const void* base, int64_t batch_stride,
+                                                      int64_t row_stride, int64_t head_stride, int n) const {
+    const FwdParams& p = args.p;
+    int64_t off = static_cast<int64_t>(h() / args.head_ratio) * head_stride;
+    off += p.cu_seqlens_k != nullptr ? static_cast<int64_t>(k_start) * row_stride
+                                     : static_cast<int64_t>(b()) * batch_stride;
+    const int first = n * kBlockN;
+    load_tile_dense_async<Cfg::kThreads, KVTile>(
+        dst, static_cast<const Element*>(base) + off + static_cast<int64_t>(first) * row_stride, row_stride,
+        sk - first, dim_chunks(), tid());
   }
   // K of key block n, plus the per-key page flags (plain stores; visible after the caller's
   // wait + __syncthreads, like the zero-filled chunks).
   __device__ __forceinline__ void load_k_async(int n) const {
     const FwdParams& p = args.p;
+    if (!paged()) {
+      load_kv_dense_async(sK(), p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, n);
+      return;
+    }
     const KvRows<Element> rows = kv_rows(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, n);
     load_tile_async<Cfg::kThreads, KVTile>(sK(), rows, dim_chunks(), tid());
-    if (paged()) {
-      for (int r = tid(); r < kBlockN; r += Cfg::kThreads) key_ok()[r * kKeyOkStride] = rows.row(r) != nullptr ? 1 : 0;
-    }
+    for (int r = tid(); r < kBlockN; r += Cfg::kThreads) key_ok()[r * kKeyOkStride] = rows.row(r) != nullptr ? 1 : 0;
   }
   __device__ __forceinline__ void load_v_async(int n) const {
     const FwdParams& p = args.p;
+    if (!paged()) {
+      load_kv_dense_async(sV(), p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, n);
+      return;
+    }
     const KvRows<Element> rows = kv_rows(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, n);
     load_tile_async<Cfg::kThreads, KVTile>(sV(), rows, dim_chunks(), tid());
   }

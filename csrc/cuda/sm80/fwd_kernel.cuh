@@ -72,10 +72,10 @@ __device__ __forceinline__ void fwd_epilogue(const Blk& blk, const FwdKernelArgs
   }
 }
 
-template <typename Element, int kHeadDim>
-__global__ void __launch_bounds__(FwdTileConfig<kHeadDim>::kThreads, 1)
+template <typename Element, int kHeadDim, bool kFull>
+__global__ void __launch_bounds__(FwdTileConfig<kHeadDim, !kFull>::kThreads, 1)
     fwd_kernel(const __grid_constant__ FwdKernelArgs args) {
-  using Blk = FwdBlock<Element, kHeadDim>;
+  using Blk = FwdBlock<Element, kHeadDim, kFull>;
   using Cfg = typename Blk::Cfg;
   constexpr int MT = Blk::MT, NT = Blk::NT, DT = Blk::DT;
   constexpr int kBlockN = Cfg::kBlockN;
@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(FwdTileConfig<kHeadDim>::kThreads, 1)
   const FwdParams& p = args.p;
 
   Blk blk(args, smem);
-  if (blk.m0() >= blk.sq && p.attn_probs == nullptr) return;
+  if (blk.m0() >= blk.sq && (!kFull || p.attn_probs == nullptr)) return;
 
   // Range of key blocks any row of this query block can see.
   int n_min = 0, n_max = 0;
@@ -119,20 +119,24 @@ __global__ void __launch_bounds__(FwdTileConfig<kHeadDim>::kThreads, 1)
       blk.load_k_async(n - 1);
       cp_async_commit();
     }
-    if (blk.has_dropout()) apply_dropout<false>(s, blk.dropout(), blk.warp_row0(), n * kBlockN, blk.lane());
+    if constexpr (kFull) {  // (constexpr: the lean tile may exceed the dropout mask's 64 bits)
+      if (blk.has_dropout()) apply_dropout<false>(s, blk.dropout(), blk.warp_row0(), n * kBlockN, blk.lane());
+    }
     gemm_rs_v<MT, DT, NT, typename Cfg::KVTile>(acc_o, s, blk.sV(), blk.lane());
   }
   cp_async_wait_all();  // the Q load when no key block was visited
   sm.finalize();
 
   if (blk.m0() < blk.sq) fwd_epilogue(blk, args, acc_o, sm);
-  if (p.attn_probs != nullptr) {
-    // After the epilogue, so the O accumulator is dead during this register-hungry pass; sQ
-    // was reused to stage O, so Q is loaded again.
-    __syncthreads();
-    blk.load_q_async();
-    cp_async_commit();
-    fwd_write_probs<Element, kHeadDim>(blk, p, sm);
+  if constexpr (kFull) {
+    if (p.attn_probs != nullptr) {
+      // After the epilogue, so the O accumulator is dead during this register-hungry pass; sQ
+      // was reused to stage O, so Q is loaded again.
+      __syncthreads();
+      blk.load_q_async();
+      cp_async_commit();
+      fwd_write_probs(blk, p, sm);
+    }
   }
 }
 

@@ -12,12 +12,15 @@ namespace flash::sm80 {
 // kBlockM query rows x kBlockN keys per step, 4 warps; a warp owns kBlockM / 4 consecutive rows
 // (1 or 2 m-tiles of 16). Register budget per thread: O accumulator kBlockM * kHeadDim / 128
 // floats + S accumulator kBlockM * kBlockN / 128 floats, kept <= ~192 to stay spill-free.
-template <int kHeadDim_>
+// kLean: the tile of the lean kernel (see FwdBlock::kFull). d = 64 takes kBlockN 128 there
+// (FA2's 128 x 128: half the barriers and pipeline steps per key); the full kernel keeps 64
+// because its dropout decisions of one thread must fit a 64-bit mask (MT * NT * 4 <= 64).
+template <int kHeadDim_, bool kLean = false>
 struct FwdTileConfig {
   static constexpr int kHeadDim = kHeadDim_;
-  // d <= 96: 128 x 64; d = 128: 128 x 32 (O alone is 128 floats); d >= 160: 64 x 64.
+  // d <= 128: 128 x 64 (lean d = 64: 128 x 128; lean d = 32 spilled 32 B with it); d >= 160: 64 x 64.
   static constexpr int kBlockM = kHeadDim <= 128 ? 128 : 64;
-  static constexpr int kBlockN = kHeadDim == 128 ? 32 : 64;
+  static constexpr int kBlockN = kLean && kHeadDim == 64 ? 128 : 64;
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kWarpRows = kBlockM / kWarps;

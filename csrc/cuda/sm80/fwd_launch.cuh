@@ -1,6 +1,6 @@
 // Host-side launcher of the Ampere-class forward kernel for one (dtype, head-dim bucket). Each
-// inst/fwd_hdim<D>_<dtype>.cu instantiates launch_fwd<Element, D> once: exactly one kernel per
-// (dtype, bucket); every feature is a run-time flag inside it.
+// inst/fwd_hdim<D>_<dtype>.cu instantiates launch_fwd<Element, D> once: two kernels per
+// (dtype, bucket), a lean one for the common path and a full one; features are run-time flags.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,20 +13,12 @@
 
 namespace flash::sm80 {
 
-template <typename Element, int kHeadDim>
-void launch_fwd(const FwdParams& params, cudaStream_t stream) {
-  using Cfg = FwdTileConfig<kHeadDim>;
+template <typename Element, int kHeadDim, bool kFull>
+void launch_fwd_kernel(const FwdKernelArgs& args, cudaStream_t stream) {
+  using Cfg = FwdTileConfig<kHeadDim, !kFull>;
+  const FwdParams& params = args.p;
   const int num_m_blocks = (params.seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
-  if (num_m_blocks == 0 || params.batch == 0 || params.nheads == 0) return;
-
-  FwdKernelArgs args;
-  args.p = params;
-  args.scale_log2 = params.softmax_scale * 1.4426950408889634f;
-  args.rp_dropout = params.dropout_p > 0.f ? 1.f / (1.f - params.dropout_p) : 1.f;
-  args.keep_threshold = dropout_keep_threshold(params.dropout_p);
-  args.head_ratio = params.nheads / params.nheads_k;
-
-  auto kernel = &fwd_kernel<Element, kHeadDim>;
+  auto kernel = &fwd_kernel<Element, kHeadDim, kFull>;
   constexpr int kSmem = Cfg::kSmemBytes;
   if (kSmem > 48 * 1024) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
@@ -39,6 +31,28 @@ void launch_fwd(const FwdParams& params, cudaStream_t stream) {
   kernel<<<grid, Cfg::kThreads, kSmem, stream>>>(args);
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) throw DeviceError(std::string("sm80 fwd launch: ") + cudaGetErrorString(e));
+}
+
+template <typename Element, int kHeadDim>
+void launch_fwd(const FwdParams& params, cudaStream_t stream) {
+  if (params.seqlen_q <= 0 || params.batch == 0 || params.nheads == 0) return;
+
+  FwdKernelArgs args;
+  args.p = params;
+  args.scale_log2 = params.softmax_scale * 1.4426950408889634f;
+  args.rp_dropout = params.dropout_p > 0.f ? 1.f / (1.f - params.dropout_p) : 1.f;
+  args.keep_threshold = dropout_keep_threshold(params.dropout_p);
+  args.head_ratio = params.nheads / params.nheads_k;
+
+  // The lean kernel covers the common case (masks, windows, varlen, GQA); anything needing
+  // dropout, softcap, ALiBi, paged KV or S_dmask takes the full kernel.
+  const bool full = params.dropout_p > 0.f || params.softcap > 0.f || params.alibi_slopes != nullptr ||
+                    params.block_table != nullptr || params.attn_probs != nullptr;
+  if (full) {
+    launch_fwd_kernel<Element, kHeadDim, true>(args, stream);
+  } else {
+    launch_fwd_kernel<Element, kHeadDim, false>(args, stream);
+  }
 }
 
 }  // namespace flash::sm80

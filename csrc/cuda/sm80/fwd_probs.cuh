@@ -8,10 +8,10 @@
 
 namespace flash::sm80 {
 
-template <typename Element, int kHeadDim>
-__device__ __forceinline__ void fwd_write_probs(const FwdBlock<Element, kHeadDim>& blk, const FwdParams& p,
-                                                const OnlineSoftmax<FwdBlock<Element, kHeadDim>::MT>& sm) {
-  using Blk = FwdBlock<Element, kHeadDim>;
+template <typename Blk>
+__device__ __forceinline__ void fwd_write_probs(const Blk& blk, const FwdParams& p,
+                                                const OnlineSoftmax<Blk::MT>& sm) {
+  using Element = typename Blk::ElementT;
   constexpr int MT = Blk::MT, NT = Blk::NT, kBlockN = Blk::kBlockN;
   Element* probs = static_cast<Element*>(p.attn_probs) + static_cast<int64_t>(blk.b()) * p.probs_batch_stride +
                    static_cast<int64_t>(blk.h()) * p.probs_head_stride;

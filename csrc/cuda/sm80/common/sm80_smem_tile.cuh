@@ -55,6 +55,47 @@ __device__ __forceinline__ void load_tile_async(Element* smem, const RowSource& 
   }
 }
 
+// Dense fast path of load_tile_async: rows r of the tile are src_row0 + r * row_stride, valid iff
+// r < valid_rows (same zero-fill rules). When each thread's chunk column is fixed (kThreads a
+// multiple of the chunks per row) the per-chunk work is one pointer add and one predicate instead
+// of a division, a 64-bit multiply and the paged-table test per chunk. Out-of-range rows only form
+// addresses, never dereference them.
+template <int kThreads, typename Tile, typename Element>
+__device__ __forceinline__ void load_tile_dense_async(Element* smem, const Element* src_row0, int64_t row_stride,
+                                                      int valid_rows, int dim_chunks, int tid) {
+  constexpr int kTotal = Tile::kRows * Tile::kChunks;
+  if constexpr (kThreads % Tile::kChunks == 0 && kTotal % kThreads == 0) {
+    constexpr int kRowsPerIter = kThreads / Tile::kChunks;
+    const int c = tid % Tile::kChunks;
+    const int r0 = tid / Tile::kChunks;
+    const bool c_ok = c < dim_chunks;
+    const Element* src = src_row0 + r0 * row_stride + c * 8;
+    const int64_t src_step = kRowsPerIter * row_stride;
+    Element* dst = smem + Tile::offset(r0, c * 8);
+#pragma unroll
+    for (int it = 0; it < kTotal / kThreads; ++it) {
+      Element* d = dst + it * kRowsPerIter * Tile::kRowStride;
+      if (c_ok && r0 + it * kRowsPerIter < valid_rows) {
+        cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(
+            *reinterpret_cast<const cute::uint128_t*>(src), *reinterpret_cast<cute::uint128_t*>(d));
+      } else {
+        *reinterpret_cast<uint4*>(d) = make_uint4(0u, 0u, 0u, 0u);
+      }
+      src += src_step;
+    }
+  } else {
+    struct Rows {
+      const Element* base;
+      int64_t stride;
+      int valid;
+      __device__ __forceinline__ const Element* row(int r) const {
+        return r < valid ? base + static_cast<int64_t>(r) * stride : nullptr;
+      }
+    };
+    load_tile_async<kThreads, Tile>(smem, Rows{src_row0, row_stride, valid_rows}, dim_chunks, tid);
+  }
+}
+
 __device__ __forceinline__ void cp_async_commit() { cute::cp_async_fence(); }
 __device__ __forceinline__ void cp_async_wait_all() { cute::cp_async_wait<0>(); }
 
