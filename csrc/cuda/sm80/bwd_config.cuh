@@ -30,6 +30,11 @@ struct BwdConfig {
   static constexpr int kSPasses = 2 * kBlockN * kHeadDim / kThreads > 64 ? 2 : 1;
   static constexpr int kPassNS = kTileNS / kSPasses;
 
+  // Mask-free element-wise path for interior blocks (bwd_main_kernel.cuh, plain_block). Off for
+  // d = 96 and 192: the second copy of the element-wise code made them spill 16 / 12 bytes on
+  // sm_90a (ptxas -v); every other bucket is spill-free with it on sm_80 and sm_90a.
+  static constexpr bool kPlainPath = kHeadDim != 96 && kHeadDim != 192;
+
   static_assert(kWarpsM * kWarpsNS == kNWarps && kPassNS % 16 == 0, "S tiling");
   static_assert(kWarpsNKV * kWarpsDKV == kNWarps && kTileDKV % 16 == 0, "dKV tiling");
   static_assert(kWarpsM * kWarpsDQ == kNWarps && kTileDQ % 16 == 0, "dQ tiling");

@@ -30,6 +30,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   constexpr int kPitchD = Cfg::kPitchD, kPitchN = Cfg::kPitchN, kThreads = Cfg::kThreads;
   constexpr int NT_S = Cfg::kPassNS / 8, NT_KV = Cfg::kTileDKV / 8, NT_Q = Cfg::kDqChunk / 8;
   constexpr float kLog2e = 1.4426950408889634f;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr bool kVec4Atomics = true;  // red.global.add.v4.f32 exists from sm_90 on
+#else
+  constexpr bool kVec4Atomics = false;
+#endif
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Element* smem = reinterpret_cast<Element*>(smem_raw);
@@ -73,8 +78,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const int wm = warp % Cfg::kWarpsM, wn = warp / Cfg::kWarpsM;         // S / dP, and dQ rows
   const int wkv_n = warp % Cfg::kWarpsNKV, wkv_d = warp / Cfg::kWarpsNKV;  // dK / dV
 
-  // Issues the cp.async loads of Q_i, dO_i and fills sLse / sD for query block m_block.
-  auto load_query_block = [&](int m_block) {
+  // Issues the cp.async loads of Q_i, dO_i and reads this thread's lse / D row (threads < kBlockM)
+  // into registers. The caller stores them with store_row_stats later, so the global-load latency
+  // hides under the dQ GEMM instead of stalling two warps right after the barrier.
+  static_assert(kBlockM <= kThreads, "one lse / D row per thread");
+  auto issue_query_block = [&](int m_block, float& lse_r, float& d_r) {
     const int m0 = m_block * kBlockM;
     load_tile_async<kBlockM, kHeadDim, kPitchD, kThreads>(
         sQ, q + si.q_offset(p, p.q_batch_stride, p.q_row_stride, b, m0), p.q_row_stride, si.sq - m0, p.head_dim, tid);
@@ -82,15 +90,19 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         sdO, dout + si.q_offset(p, p.dout_batch_stride, p.dout_row_stride, b, m0), p.dout_row_stride, si.sq - m0,
         p.head_dim, tid);
     cp_async_commit();
-    for (int r = tid; r < kBlockM; r += kThreads) {
-      const int i = m0 + r;
-      float lse = INFINITY, dsum = 0.f;
-      if (i < si.sq) {
-        lse = p.softmax_lse[si.lse_offset(p, b, h, i)];
-        dsum = ws.d[h * ws.rows_q + si.q_row0 + i];
-      }
-      sLse[r] = lse == INFINITY ? INFINITY : lse * kLog2e;
-      sD[r] = dsum;
+    lse_r = INFINITY;
+    d_r = 0.f;
+    const int i = m0 + tid;
+    if (tid < kBlockM && i < si.sq) {
+      lse_r = p.softmax_lse[si.lse_offset(p, b, h, i)];
+      d_r = ws.d[h * ws.rows_q + si.q_row0 + i];
+    }
+  };
+  // sLse holds lse * log2(e), +inf for absent rows (rows past sq, or rows that see no key).
+  auto store_row_stats = [&](float lse_r, float d_r) {
+    if (tid < kBlockM) {
+      sLse[tid] = lse_r == INFINITY ? INFINITY : lse_r * kLog2e;
+      sD[tid] = d_r;
     }
   };
 
@@ -122,7 +134,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     load_tile_async<kBlockN, kHeadDim, kPitchD, kThreads>(
         sV, v + si.k_offset(p, p.v_batch_stride, p.v_row_stride, b, n0), p.v_row_stride, valid_keys, p.head_dim, tid);
     cp_async_commit();
-    if (m_begin < m_end) load_query_block(m_begin);
+    if (m_begin < m_end) {
+      float lse_r, d_r;
+      issue_query_block(m_begin, lse_r, d_r);
+      store_row_stats(lse_r, d_r);
+    }
     cp_async_wait_all();
     __syncthreads();
 
@@ -135,6 +151,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       const int r_loc = wm * 16 + g;
       const float lse2[2] = {sLse[r_loc], sLse[r_loc + 8]};
       const float dsum[2] = {sD[r_loc], sD[r_loc + 8]};
+      // Interior blocks (all rows < sq, all keys < seqused_k, the window hides nothing) without
+      // softcap / ALiBi / dropout skip the per-element visibility test and the modifier code.
+      bool plain_block = !has_mods && !ex.dropout && m0 + kBlockM <= si.sq && n0 + kBlockN <= si.sk_used;
+      if (plain_block && p.window_left >= 0)  // smallest diag offset j - (i + sk - sq) of the block
+        plain_block = int64_t{n0} - (m0 + kBlockM - 1) - si.sk_used + si.sq >= -int64_t{p.window_left};
+      if (plain_block && p.window_right >= 0)  // largest one
+        plain_block = int64_t{n0} + kBlockN - 1 - m0 - si.sk_used + si.sq <= int64_t{p.window_right};
 #pragma unroll 1
       for (int pass = 0; pass < Cfg::kSPasses; ++pass) {
       const int col_base = wn * Cfg::kTileNS + pass * Cfg::kPassNS;
@@ -148,6 +171,33 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                                                            sV + col_base * kPitchD, kPitchD, lane);
 
       // ---- P and dS, element-wise on the C fragments: rows (r, r+8), cols (c, c+1) ----
+      auto store_p_ds = [&](int c_loc, const float (&pv)[4], const float (&dsv)[4]) {
+        *reinterpret_cast<uint32_t*>(sP + r_loc * kPitchN + c_loc) = pack2<Element>(pv[0], pv[1]);
+        *reinterpret_cast<uint32_t*>(sP + (r_loc + 8) * kPitchN + c_loc) = pack2<Element>(pv[2], pv[3]);
+        *reinterpret_cast<uint32_t*>(sdS + r_loc * kPitchN + c_loc) = pack2<Element>(dsv[0], dsv[1]);
+        *reinterpret_cast<uint32_t*>(sdS + (r_loc + 8) * kPitchN + c_loc) = pack2<Element>(dsv[2], dsv[3]);
+      };
+      if (Cfg::kPlainPath && plain_block) {
+        // Every (i, j) of the block is visible and no modifier / dropout is on: the general
+        // path below reduces to exactly these operations (same order, bitwise equal results).
+#pragma unroll
+        for (int nt = 0; nt < NT_S; ++nt) {
+          const int c_loc = col_base + nt * 8 + 2 * t;
+          float pv[4], dsv[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int ri = e / 2;
+            float prob = 0.f, ds_val = 0.f;
+            if (lse2[ri] != INFINITY) {
+              prob = exp2f(fmaf(acc_s[nt][e], x_scale_log2, -lse2[ri]));
+              ds_val = prob * (acc_dp[nt][e] - dsum[ri]);
+            }
+            pv[e] = prob;
+            dsv[e] = ds_val;
+          }
+          store_p_ds(c_loc, pv, dsv);
+        }
+      } else {
 #pragma unroll
       for (int nt = 0; nt < NT_S; ++nt) {
         const int c_loc = col_base + nt * 8 + 2 * t;
@@ -188,11 +238,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           pv[e] = p_val;
           dsv[e] = ds_val;
         }
-        *reinterpret_cast<uint32_t*>(sP + r_loc * kPitchN + c_loc) = pack2<Element>(pv[0], pv[1]);
-        *reinterpret_cast<uint32_t*>(sP + (r_loc + 8) * kPitchN + c_loc) = pack2<Element>(pv[2], pv[3]);
-        *reinterpret_cast<uint32_t*>(sdS + r_loc * kPitchN + c_loc) = pack2<Element>(dsv[0], dsv[1]);
-        *reinterpret_cast<uint32_t*>(sdS + (r_loc + 8) * kPitchN + c_loc) = pack2<Element>(dsv[2], dsv[3]);
+        store_p_ds(c_loc, pv, dsv);
       }
+      }  // plain_block
       }  // pass
       __syncthreads();
 
@@ -207,17 +255,75 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                                                          sQ + wkv_d * Cfg::kTileDKV, kPitchD, lane);
       __syncthreads();  // sQ, sdO, sLse, sD are free: prefetch the next query block under dQ
 
-      if (m_block + 1 < m_end) load_query_block(m_block + 1);
+      const bool has_next = m_block + 1 < m_end;
+      float next_lse = INFINITY, next_d = 0.f;
+      if (has_next) issue_query_block(m_block + 1, next_lse, next_d);
 
       // ---- dQ_i += dS K_j, in kDqChunk-column pieces (B = K read transposed from [n][d]) ----
 #pragma unroll 1
       for (int c0 = 0; c0 < Cfg::kTileDQ; c0 += Cfg::kDqChunk) {
         const int col0 = wn * Cfg::kTileDQ + c0;
         if (col0 >= p.head_dim) break;  // warp-uniform: columns past the real head dim are zero
+        // Vector layout of the dQ chunk (used by the deterministic and the sm_90 paths): lanes t and
+        // t^1 swap halves so that each holds 4 consecutive columns of one row: even t row g, odd t
+        // row g + 8, both columns 4*(t/2)..+3 of the n8 tile. One 16-byte access per lane and tile:
+        // 16 full 32-byte sectors per warp instruction instead of 4 x 8 half-used.
+        const bool odd = (t & 1) != 0;
+        const int i4 = m0 + r_loc + (odd ? 8 : 0);
+        auto dq_vec_ptr = [&](int nt) -> float4* {
+          const int c4 = col0 + nt * 8 + 4 * (t >> 1);  // head_dim % 8 == 0: all 4 in or all out
+          if (c4 >= p.head_dim || i4 >= si.sq) return nullptr;
+          // dq_accum is 256-byte aligned and head_dim % 8 == 0: the address is 16-byte aligned.
+          return reinterpret_cast<float4*>(dq_acc + ((si.q_row0 + i4) * p.nheads + h) * p.head_dim + c4);
+        };
+        // Deterministic mode reads this slice's running sums for all tiles of the chunk at once (one
+        // L2 round trip, not NT_Q): on sm_90 before the GEMM so the latency hides under it; on
+        // sm_80 right after it (before, the 16 extra live registers made d = 128 spill there).
+        float4 dq_old[NT_Q];
+        auto load_dq_old = [&] {
+#pragma unroll
+          for (int nt = 0; nt < NT_Q; ++nt) {
+            const float4* src = dq_vec_ptr(nt);
+            dq_old[nt] = src != nullptr ? *src : make_float4(0.f, 0.f, 0.f, 0.f);
+          }
+        };
+        if (kVec4Atomics && p.deterministic) load_dq_old();
         float acc_dq[NT_Q][4];
         zero_acc(acc_dq);
         warp_gemm<Element, NT_Q, kBlockN / 16, false, true>(acc_dq, sdS + wm * 16 * kPitchN, kPitchN, sK + col0,
                                                            kPitchD, lane);
+        if (!kVec4Atomics && p.deterministic) load_dq_old();
+        if (p.deterministic || kVec4Atomics) {
+#pragma unroll
+          for (int nt = 0; nt < NT_Q; ++nt) {
+            const float send0 = odd ? acc_dq[nt][0] : acc_dq[nt][2];
+            const float send1 = odd ? acc_dq[nt][1] : acc_dq[nt][3];
+            const float recv0 = __shfl_xor_sync(0xffffffffu, send0, 1);
+            const float recv1 = __shfl_xor_sync(0xffffffffu, send1, 1);
+            const float4 v4 = odd ? make_float4(recv0, recv1, acc_dq[nt][2], acc_dq[nt][3])
+                                  : make_float4(acc_dq[nt][0], acc_dq[nt][1], recv0, recv1);
+            float4* dst = dq_vec_ptr(nt);
+            if (dst == nullptr) continue;
+            if (p.deterministic) {
+              // This lane is the only reader / writer of these elements in its slice (the previous
+              // key block's store is its own, earlier in program order): ordered and exact.
+              float4 o = dq_old[nt];
+              o.x += v4.x;
+              o.y += v4.y;
+              o.z += v4.z;
+              o.w += v4.w;
+              *dst = o;
+            } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+              // Fire-and-forget vector reduction (sm_90+). atomicAdd(float4*) would emit atom.v4
+              // (a result is returned); red says no value is wanted.
+              asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "f"(v4.x), "f"(v4.y),
+                           "f"(v4.z), "f"(v4.w));
+#endif
+            }
+          }
+        } else {
+          // sm_80..sm_89 default mode: no vector float atomics there, scalar atomicAdd per element.
 #pragma unroll
         for (int nt = 0; nt < NT_Q; ++nt) {
           const int c = col0 + nt * 8 + 2 * t;
@@ -227,17 +333,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
             const int i = m0 + r_loc + 8 * ri;
             if (i >= si.sq) continue;
             float* dst = dq_acc + ((si.q_row0 + i) * p.nheads + h) * p.head_dim + c;
-            if (p.deterministic) {
-              // This thread is the only writer of these elements in its slice: ordered and exact.
-              dst[0] += acc_dq[nt][2 * ri];
-              dst[1] += acc_dq[nt][2 * ri + 1];
-            } else {
-              atomicAdd(dst, acc_dq[nt][2 * ri]);
-              atomicAdd(dst + 1, acc_dq[nt][2 * ri + 1]);
-            }
+            atomicAdd(dst, acc_dq[nt][2 * ri]);
+            atomicAdd(dst + 1, acc_dq[nt][2 * ri + 1]);
           }
         }
+        }
       }
+      if (has_next) store_row_stats(next_lse, next_d);
       cp_async_wait_all();
       __syncthreads();
     }
