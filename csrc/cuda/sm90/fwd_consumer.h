@@ -43,11 +43,10 @@ __device__ __forceinline__ void wgmma_gemm(TiledMma& mma, TA& tA, TB const& tB, 
 template <typename Traits, bool kModScores>
 __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
                                              typename Traits::SharedStorage& ss,
-                                             const MaskRule& rule, int m_block, int bidh,
-                                             int bidb, int tid /* 0 .. kNumConsumerThreads-1 */) {
+                                             const MaskRule& rule,
+                                             int tid /* 0 .. kNumConsumerThreads-1 */) {
   using namespace cute;
   using Element = typename Traits::Element;
-  using Barrier = cutlass::arch::ClusterTransactionBarrier;
   using EmptyBarrier = cutlass::arch::ClusterBarrier;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
 
@@ -63,9 +62,6 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
   Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stages)
   Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stages)
 
-  Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
-  clear(tOrO);
-  Tensor O = rowcol_view(tOrO);
   // Tile coordinates (row, key) of each S value of this thread, and (row, col) of each O value.
   Tensor cS = rowcol_view(thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
   Tensor cO = rowcol_view(thr_pv.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{})));
@@ -85,154 +81,184 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
                 decltype(size<0, 1>(std::declval<SFragment>()))::value == 2,
                 "unexpected wgmma accumulator layout");
   constexpr float kLog2e = 1.4426950408889634f;
-  OnlineSoftmax<kRows> softmax(kModScores ? kLog2e : p.softmax_scale * kLog2e);
-
-  const int row0 = m_block * kBlockM;
-  float alibi_slope = 0.f;
-  if constexpr (kModScores) {
-    if (p.alibi_slopes != nullptr)
-      alibi_slope = p.alibi_slopes[bidb * p.alibi_batch_stride + bidh];
-  }
-
-  // Score modifiers (kModScores) and the element mask of one S tile, in place.
-  auto modify_and_mask = [&](auto& S, int n_block) {
-    const int col0 = n_block * kBlockN;
-    if constexpr (kModScores) {
-      CUTE_UNROLL
-      for (int r = 0; r < size<0>(S); ++r) {
-        const int row = row0 + get<0>(cS(r, 0));
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(S); ++c) {
-          float x = S(r, c) * p.softmax_scale;
-          if (p.softcap > 0.f) x = p.softcap * tanhf(x / p.softcap);
-          x += alibi_bias(alibi_slope, rule, row, col0 + get<1>(cS(r, c)));
-          S(r, c) = x;
-        }
-      }
-    }
-    if (block_needs_mask<kBlockM, kBlockN>(rule, m_block, n_block)) {
-      CUTE_UNROLL
-      for (int r = 0; r < size<0>(S); ++r) {
-        const int row = row0 + get<0>(cS(r, 0));
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(S); ++c)
-          if (!rule.visible(row, col0 + get<1>(cS(r, c)))) S(r, c) = -INFINITY;
-      }
-    }
-  };
-  // fp32 probabilities -> 16-bit A operand of P V (same register order, see PLayout).
-  auto convert_p = [&](auto const& tSrS, auto& tOrP) {
-    cutlass::NumericArrayConverter<Element, float, kSFragSize> convert;
-    *reinterpret_cast<cutlass::Array<Element, kSFragSize>*>(tOrP.data()) =
-        convert(*reinterpret_cast<const cutlass::Array<float, kSFragSize>*>(tSrS.data()));
-  };
+  using Barrier = cutlass::arch::ClusterTransactionBarrier;
   auto full_k = [&](int s) -> Barrier& { return reinterpret_cast<Barrier&>(ss.full_k[s]); };
   auto full_v = [&](int s) -> Barrier& { return reinterpret_cast<Barrier&>(ss.full_v[s]); };
   auto empty_k = [&](int s) -> EmptyBarrier& { return reinterpret_cast<EmptyBarrier&>(ss.empty_k[s]); };
   auto empty_v = [&](int s) -> EmptyBarrier& { return reinterpret_cast<EmptyBarrier&>(ss.empty_v[s]); };
+  auto& full_q = reinterpret_cast<Barrier&>(ss.full_q);
+  auto& empty_q = reinterpret_cast<EmptyBarrier&>(ss.empty_q);
   constexpr int kStages = Traits::kStages;
 
-  const KeyBlockRange range = key_block_range<kBlockM, kBlockN>(rule, m_block);
-  if (range.n_min < range.n_max) {
-    reinterpret_cast<Barrier&>(ss.full_q).wait(0);
-    float correction[kRows];
-    Tensor tOrP = make_tensor<Element>(PLayout{});
+  // Pipeline state carried across the tiles of this CTA, counted exactly as the producer does:
+  // the kv_iter-th key block this CTA visits uses K/V stage kv_iter % kStages with parity
+  // (kv_iter / kStages) & 1; the q_iter-th non-empty tile waits full_q on parity q_iter & 1.
+  int kv_iter = 0;
+  uint32_t q_iter = 0;
+  const TileSchedule& sched = p.sched;
+  for (int unit = blockIdx.x; unit < sched.num_units; unit += gridDim.x) {
+    const int tiles = sched.tiles_in_unit(unit);
+    for (int j = 0; j < tiles; ++j) {
+      const TileCoord tc = sched.tile(unit, j);
+      const int m_block = tc.m_block, bidh = tc.bidh, bidb = tc.bidb;
 
-    if constexpr (Traits::kIntraWgOverlap) {
-      // Block i's P V is issued together with block i+1's Q K^T; the softmax of block i+1 runs
-      // while P V(i) is still in the tensor cores (wgmma groups retire in issue order, so
-      // wait<1> = "S(i+1) ready", wait<0> = "O ready"). O is rescaled only after wait<0>.
-      // Block number `it` (0-based, in visiting order) uses stage it % kStages, parity
-      // (it / kStages) & 1 -- the producer's sequence.
-      {
-        Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-        full_k(0).wait(0);
-        wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, 0), tSrS);
-        warpgroup_wait<0>();
-        warpgroup_fence_operand(tSrS);
-        empty_k(0).arrive();
-        Tensor S = rowcol_view(tSrS);
-        modify_and_mask(S, range.n_max - 1);
-        softmax.scores_to_probs(S, correction);  // O is still 0: no rescale needed
-        convert_p(tSrS, tOrP);
-      }
-      int it_prev = 0;
-      for (int n_block = range.n_max - 2; n_block >= range.n_min; --n_block) {
-        const int it = it_prev + 1;
-        const int stage = it % kStages, stage_prev = it_prev % kStages;
-        const uint32_t phase = (it / kStages) & 1, phase_prev = (it_prev / kStages) & 1;
-        Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-        full_k(stage).wait(phase);
-        wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
-        full_v(stage_prev).wait(phase_prev);
-        wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage_prev), tOrO);
-        warpgroup_wait<1>();  // S of this block is ready; P V of the previous may still run
-        warpgroup_fence_operand(tSrS);
-        empty_k(stage).arrive();
-        Tensor S = rowcol_view(tSrS);
-        modify_and_mask(S, n_block);
-        softmax.scores_to_probs(S, correction);
-        warpgroup_wait<0>();  // P V done: O may be rescaled and tOrP overwritten
-        warpgroup_fence_operand(tOrO);
-        empty_v(stage_prev).arrive();
-        OnlineSoftmax<kRows>::rescale(O, correction);
-        convert_p(tSrS, tOrP);
-        it_prev = it;
-      }
-      const int stage_prev = it_prev % kStages;
-      const uint32_t phase_prev = (it_prev / kStages) & 1;
-      full_v(stage_prev).wait(phase_prev);
-      wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage_prev), tOrO);
-      warpgroup_wait<0>();
-      warpgroup_fence_operand(tOrO);
-      empty_v(stage_prev).arrive();
-    } else {
-      // Plain order, one wgmma batch in flight at a time (kept to compare against).
-      int stage = 0;
-      uint32_t phase = 0;
-      for (int n_block = range.n_max - 1; n_block >= range.n_min; --n_block) {
-        Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-        full_k(stage).wait(phase);
-        wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
-        warpgroup_wait<0>();
-        warpgroup_fence_operand(tSrS);
-        empty_k(stage).arrive();  // K stage may be refilled
-        Tensor S = rowcol_view(tSrS);
-        modify_and_mask(S, n_block);
-        softmax.scores_to_probs(S, correction);
-        OnlineSoftmax<kRows>::rescale(O, correction);  // the previous P V was waited for
-        convert_p(tSrS, tOrP);
-        full_v(stage).wait(phase);
-        wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage), tOrO);
-        warpgroup_wait<0>();
-        warpgroup_fence_operand(tOrO);
-        empty_v(stage).arrive();  // V stage may be refilled
-        if (++stage == kStages) { stage = 0; phase ^= 1; }
-      }
-    }
-  }
+      Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+      clear(tOrO);
+      Tensor O = rowcol_view(tOrO);
+      OnlineSoftmax<kRows> softmax(kModScores ? kLog2e : p.softmax_scale * kLog2e);
 
-  float lse[kRows];
-  softmax.finalize(O, lse);
+      const int row0 = m_block * kBlockM;
+      float alibi_slope = 0.f;
+      if constexpr (kModScores) {
+        if (p.alibi_slopes != nullptr)
+          alibi_slope = p.alibi_slopes[bidb * p.alibi_batch_stride + bidh];
+      }
 
-  // ---- epilogue: O (2 adjacent columns per store) and LSE, rows >= seqlen_q skipped ----------
-  Element* out = p.out + bidb * p.out_batch_stride + bidh * p.out_head_stride;
-  CUTE_UNROLL
-  for (int r = 0; r < size<0>(O); ++r) {
-    const int row = row0 + get<0>(cO(r, 0));
-    if (row >= p.seqlen_q) continue;
-    Element* out_row = out + row * p.out_row_stride;
-    CUTE_UNROLL
-    for (int c = 0; c < size<1>(O); c += 2) {  // columns c, c+1 are adjacent (mode 0,0 of C)
-      const int col = get<1>(cO(r, c));
-      cutlass::Array<Element, 2> pair;
-      pair[0] = static_cast<Element>(O(r, c));
-      pair[1] = static_cast<Element>(O(r, c + 1));
-      *reinterpret_cast<cutlass::Array<Element, 2>*>(out_row + col) = pair;
-    }
-    if (tid % 4 == 0)
-      p.lse[bidb * p.lse_batch_stride + bidh * p.lse_head_stride + row] = lse[r];
-  }
+      // Score modifiers (kModScores) and the element mask of one S tile, in place.
+      auto modify_and_mask = [&](auto& S, int n_block) {
+        const int col0 = n_block * kBlockN;
+        if constexpr (kModScores) {
+          CUTE_UNROLL
+          for (int r = 0; r < size<0>(S); ++r) {
+            const int row = row0 + get<0>(cS(r, 0));
+            CUTE_UNROLL
+            for (int c = 0; c < size<1>(S); ++c) {
+              float x = S(r, c) * p.softmax_scale;
+              if (p.softcap > 0.f) x = p.softcap * tanhf(x / p.softcap);
+              x += alibi_bias(alibi_slope, rule, row, col0 + get<1>(cS(r, c)));
+              S(r, c) = x;
+            }
+          }
+        }
+        if (block_needs_mask<kBlockM, kBlockN>(rule, m_block, n_block)) {
+          CUTE_UNROLL
+          for (int r = 0; r < size<0>(S); ++r) {
+            const int row = row0 + get<0>(cS(r, 0));
+            CUTE_UNROLL
+            for (int c = 0; c < size<1>(S); ++c)
+              if (!rule.visible(row, col0 + get<1>(cS(r, c)))) S(r, c) = -INFINITY;
+          }
+        }
+      };
+      // fp32 probabilities -> 16-bit A operand of P V (same register order, see PLayout).
+      auto convert_p = [&](auto const& tSrS, auto& tOrP) {
+        cutlass::NumericArrayConverter<Element, float, kSFragSize> convert;
+        *reinterpret_cast<cutlass::Array<Element, kSFragSize>*>(tOrP.data()) =
+            convert(*reinterpret_cast<const cutlass::Array<float, kSFragSize>*>(tSrS.data()));
+      };
+      const KeyBlockRange range = key_block_range<kBlockM, kBlockN>(rule, m_block);
+      if (range.n_min < range.n_max) {
+        full_q.wait(q_iter & 1);
+        float correction[kRows];
+        Tensor tOrP = make_tensor<Element>(PLayout{});
+
+        if constexpr (Traits::kIntraWgOverlap) {
+          // Block i's P V is issued together with block i+1's Q K^T; the softmax of block i+1 runs
+          // while P V(i) is still in the tensor cores (wgmma groups retire in issue order, so
+          // wait<1> = "S(i+1) ready", wait<0> = "O ready"). O is rescaled only after wait<0>.
+          // Block number `it` (0-based, counted over all tiles of this CTA, in visiting order) uses
+          // stage it % kStages, parity (it / kStages) & 1 -- the producer's sequence.
+          // empty_q is arrived right after the tile's last Q K^T completes (the block n_min), so the
+          // producer can load the next tile's Q during the last P V and the epilogue.
+          {
+            const int stage0 = kv_iter % kStages;
+            const uint32_t phase0 = (kv_iter / kStages) & 1;
+            Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+            full_k(stage0).wait(phase0);
+            wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage0), tSrS);
+            warpgroup_wait<0>();
+            warpgroup_fence_operand(tSrS);
+            empty_k(stage0).arrive();
+            if (range.n_max - 1 == range.n_min) empty_q.arrive();  // one-block tile: Q is done
+            Tensor S = rowcol_view(tSrS);
+            modify_and_mask(S, range.n_max - 1);
+            softmax.scores_to_probs(S, correction);  // O is still 0: no rescale needed
+            convert_p(tSrS, tOrP);
+          }
+          int it_prev = kv_iter;
+          for (int n_block = range.n_max - 2; n_block >= range.n_min; --n_block) {
+            const int it = it_prev + 1;
+            const int stage = it % kStages, stage_prev = it_prev % kStages;
+            const uint32_t phase = (it / kStages) & 1, phase_prev = (it_prev / kStages) & 1;
+            Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+            full_k(stage).wait(phase);
+            wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
+            full_v(stage_prev).wait(phase_prev);
+            wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage_prev), tOrO);
+            warpgroup_wait<1>();  // S of this block is ready; P V of the previous may still run
+            warpgroup_fence_operand(tSrS);
+            empty_k(stage).arrive();
+            if (n_block == range.n_min) empty_q.arrive();  // last Q K^T of the tile is done
+            Tensor S = rowcol_view(tSrS);
+            modify_and_mask(S, n_block);
+            softmax.scores_to_probs(S, correction);
+            warpgroup_wait<0>();  // P V done: O may be rescaled and tOrP overwritten
+            warpgroup_fence_operand(tOrO);
+            empty_v(stage_prev).arrive();
+            OnlineSoftmax<kRows>::rescale(O, correction);
+            convert_p(tSrS, tOrP);
+            it_prev = it;
+          }
+          const int stage_prev = it_prev % kStages;
+          const uint32_t phase_prev = (it_prev / kStages) & 1;
+          full_v(stage_prev).wait(phase_prev);
+          wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage_prev), tOrO);
+          warpgroup_wait<0>();
+          warpgroup_fence_operand(tOrO);
+          empty_v(stage_prev).arrive();
+          kv_iter = it_prev + 1;
+        } else {
+          // Plain order, one wgmma batch in flight at a time (kept to compare against).
+          int stage = kv_iter % kStages;
+          uint32_t phase = (kv_iter / kStages) & 1;
+          kv_iter += range.n_max - range.n_min;
+          for (int n_block = range.n_max - 1; n_block >= range.n_min; --n_block) {
+            Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+            full_k(stage).wait(phase);
+            wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
+            warpgroup_wait<0>();
+            warpgroup_fence_operand(tSrS);
+            empty_k(stage).arrive();  // K stage may be refilled
+            if (n_block == range.n_min) empty_q.arrive();  // last Q K^T of the tile is done
+            Tensor S = rowcol_view(tSrS);
+            modify_and_mask(S, n_block);
+            softmax.scores_to_probs(S, correction);
+            OnlineSoftmax<kRows>::rescale(O, correction);  // the previous P V was waited for
+            convert_p(tSrS, tOrP);
+            full_v(stage).wait(phase);
+            wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage), tOrO);
+            warpgroup_wait<0>();
+            warpgroup_fence_operand(tOrO);
+            empty_v(stage).arrive();  // V stage may be refilled
+            if (++stage == kStages) { stage = 0; phase ^= 1; }
+          }
+        }
+        ++q_iter;
+      }
+
+      float lse[kRows];
+      softmax.finalize(O, lse);
+
+      // ---- epilogue: O (2 adjacent columns per store) and LSE, rows >= seqlen_q skipped ----------
+      Element* out = p.out + bidb * p.out_batch_stride + bidh * p.out_head_stride;
+      CUTE_UNROLL
+      for (int r = 0; r < size<0>(O); ++r) {
+        const int row = row0 + get<0>(cO(r, 0));
+        if (row >= p.seqlen_q) continue;
+        Element* out_row = out + row * p.out_row_stride;
+        CUTE_UNROLL
+        for (int c = 0; c < size<1>(O); c += 2) {  // columns c, c+1 are adjacent (mode 0,0 of C)
+          const int col = get<1>(cO(r, c));
+          cutlass::Array<Element, 2> pair;
+          pair[0] = static_cast<Element>(O(r, c));
+          pair[1] = static_cast<Element>(O(r, c + 1));
+          *reinterpret_cast<cutlass::Array<Element, 2>*>(out_row + col) = pair;
+        }
+        if (tid % 4 == 0)
+          p.lse[bidb * p.lse_batch_stride + bidh * p.lse_head_stride + row] = lse[r];
+      }
+    }  // tiles of the unit
+  }  // units of this CTA
 }
 
 }  // namespace flash::sm90

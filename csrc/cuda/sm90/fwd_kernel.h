@@ -1,4 +1,5 @@
-// The sm90 forward kernel: one CTA per (128-row query tile, head, batch), three warpgroups.
+// The sm90 forward kernel: persistent, at most one CTA per SM, each CTA walks the query tiles
+// (128 rows, head, batch) that fwd_tile_scheduler.h assigns to it; three warpgroups.
 //   warpgroup 0: producer (TMA loads; registers lowered to kProducerRegs by setmaxnreg)
 //   warpgroups 1, 2: consumers (wgmma + softmax; registers raised to kConsumerRegs)
 // setmaxnreg only takes effect with a register cap at entry (__launch_bounds__(threads, 1)) and
@@ -25,9 +26,6 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 
   const int warp_idx = cutlass::canonical_warp_idx_sync();
   const int warpgroup_idx = cutlass::canonical_warp_group_idx();
-  // Highest query tiles first: with causal/local masks they see the most keys, so starting them
-  // early shortens the tail of the grid (no effect without masks).
-  const int m_block = gridDim.x - 1 - blockIdx.x, bidh = blockIdx.y, bidb = blockIdx.z;
   const MaskRule rule{p.seqlen_q, p.seqlen_k, p.window_left, p.window_right};
 
   if (warp_idx == 0 && cute::elect_one_sync()) {
@@ -38,6 +36,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     // Full barriers: one arrival (the producer's arrive_and_expect_tx) plus the TMA bytes.
     // Empty barriers: every consumer thread arrives once per use of the stage.
     Barrier::init(&ss.full_q, 1);
+    Barrier::init(&ss.empty_q, Traits::kNumConsumerThreads);
     for (int s = 0; s < Traits::kStages; ++s) {
       Barrier::init(&ss.full_k[s], 1);
       Barrier::init(&ss.full_v[s], 1);
@@ -51,10 +50,10 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   if (warpgroup_idx == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (warp_idx == 0 && cute::elect_one_sync())
-      fwd_producer<Traits>(p, ss, rule, m_block, bidh, bidb);
+      fwd_producer<Traits>(p, ss, rule);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
-    fwd_consumer<Traits, kModScores>(p, ss, rule, m_block, bidh, bidb, threadIdx.x - 128);
+    fwd_consumer<Traits, kModScores>(p, ss, rule, threadIdx.x - 128);
   }
 #endif
 }

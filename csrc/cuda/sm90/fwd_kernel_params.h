@@ -4,6 +4,7 @@
 
 #include <utility>
 
+#include "fwd_tile_scheduler.h"
 #include "fwd_traits.h"
 
 namespace flash::sm90 {
@@ -34,6 +35,7 @@ struct FwdKernelParams {
 
   int batch = 0, nheads = 0, nheads_k = 0, seqlen_q = 0, seqlen_k = 0;
   int head_ratio = 1;  // nheads / nheads_k (GQA/MQA group size)
+  TileSchedule sched{};  // which query tiles each (persistent) CTA processes
   int window_left = -1, window_right = -1;  // -1 = unbounded; causal arrives as window_right = 0
 
   float softmax_scale = 1.f;

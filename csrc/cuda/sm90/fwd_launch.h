@@ -4,6 +4,8 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -69,6 +71,13 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
   kp.seqlen_q = params.seqlen_q;
   kp.seqlen_k = params.seqlen_k;
   kp.head_ratio = params.nheads / params.nheads_k;
+  // Causal arrives as window_right = 0: any window makes the per-tile work depend on m_block.
+  const bool windowed = params.window_left >= 0 || params.window_right >= 0;
+  const int64_t num_m_blocks = (int64_t(params.seqlen_q) + Traits::kBlockM - 1) / Traits::kBlockM;
+  if (num_m_blocks * params.nheads * params.batch > int64_t(INT32_MAX))
+    throw std::runtime_error("sm90 fwd: too many query tiles for the tile scheduler");
+  kp.sched = make_tile_schedule(params.seqlen_q, Traits::kBlockM, params.nheads, params.batch,
+                                windowed);
   kp.window_left = params.window_left;
   kp.window_right = params.window_right;
   kp.softmax_scale = params.softmax_scale;
@@ -89,8 +98,13 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
   detail::check_cuda(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
       "cudaFuncSetAttribute(max dynamic smem)");
-  const dim3 grid((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, params.nheads,
-                  params.batch);
+  // Persistent grid: one CTA per SM (the kernel needs a whole SM: 384 threads with setmaxnreg,
+  // up to 224 KB of smem), never more CTAs than work units.
+  int device = 0, num_sms = 0;
+  detail::check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  detail::check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
+                     "cudaDeviceGetAttribute(multiprocessor count)");
+  const dim3 grid(std::max(1, std::min(kp.sched.num_units, num_sms)));
   kernel<<<grid, Traits::kNumThreads, kSmem, stream>>>(kp);
   detail::check_cuda(cudaGetLastError(), "kernel launch");
 }

@@ -1,7 +1,9 @@
 // Producer role of the sm90 forward kernel: one elected thread of warp 0 of warpgroup 0 issues
-// every TMA load of the CTA. Q once (its own barrier), then for each key block, from the last to
-// the first, K into stage s and V into stage s (separate barriers so that S = Q K^T can start
-// while V is still in flight). A stage is refilled only after all consumer threads released it.
+// every TMA load of the CTA. For each query tile of this CTA (fwd_tile_scheduler.h) and each key
+// block, from the last to the first: K into stage s, (first block only) Q into its buffer, V into
+// stage s (separate barriers so that S = Q K^T can start while V is still in flight). A buffer is
+// refilled only after all consumer threads released it, so the next tile's Q and first K/V
+// blocks load while the consumers finish the current tile.
 #pragma once
 
 #include <cutlass/arch/barrier.h>
@@ -14,60 +16,76 @@ namespace flash::sm90 {
 template <typename Traits>
 __device__ __forceinline__ void fwd_producer(const FwdKernelParams<Traits>& p,
                                              typename Traits::SharedStorage& ss,
-                                             const MaskRule& rule, int m_block, int bidh,
-                                             int bidb) {
+                                             const MaskRule& rule) {
   using namespace cute;
   using Barrier = cutlass::arch::ClusterTransactionBarrier;
   using EmptyBarrier = cutlass::arch::ClusterBarrier;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
 
-  const KeyBlockRange range = key_block_range<kBlockM, kBlockN>(rule, m_block);
-  if (range.n_max <= range.n_min) return;  // consumers skip the whole mainloop as well
-  const int bidh_k = bidh / p.head_ratio;
-
   // Coordinate tensors (TMA works on coordinates, the descriptor holds base and strides).
   Tensor mQ = p.tma_q.get_tma_tensor(make_shape(p.seqlen_q, kHeadDim, p.nheads, p.batch));
   Tensor mK = p.tma_k.get_tma_tensor(make_shape(p.seqlen_k, kHeadDim, p.nheads_k, p.batch));
   Tensor mV = p.tma_v.get_tma_tensor(make_shape(p.seqlen_k, kHeadDim, p.nheads_k, p.batch));
-  Tensor gQ = local_tile(mQ(_, _, bidh, bidb), Shape<Int<kBlockM>, Int<kHeadDim>>{},
-                         make_coord(m_block, _0{}));  // (kBlockM, d)
-  Tensor gK = local_tile(mK(_, _, bidh_k, bidb), Shape<Int<kBlockN>, Int<kHeadDim>>{},
-                         make_coord(_, _0{}));  // (kBlockN, d, n_blocks)
-  Tensor gV = local_tile(mV(_, _, bidh_k, bidb), Shape<Int<kBlockN>, Int<kHeadDim>>{},
-                         make_coord(_, _0{}));
-
   Tensor sQ = make_tensor(make_smem_ptr(ss.q), typename Traits::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(ss.k), typename Traits::SmemLayoutK{});
   Tensor sV = make_tensor(make_smem_ptr(ss.v), typename Traits::SmemLayoutV{});
-
   auto tma_q = p.tma_q.get_slice(_0{});
   auto tma_k = p.tma_k.get_slice(_0{});
   auto tma_v = p.tma_v.get_slice(_0{});
-  Tensor tQgQ = tma_q.partition_S(gQ);
   Tensor tQsQ = tma_q.partition_D(sQ);
-  Tensor tKgK = group_modes<0, 3>(tma_k.partition_S(gK));  // (TMA, n_blocks)
   Tensor tKsK = group_modes<0, 3>(tma_k.partition_D(sK));  // (TMA, stages)
-  Tensor tVgV = group_modes<0, 3>(tma_v.partition_S(gV));
   Tensor tVsV = group_modes<0, 3>(tma_v.partition_D(sV));
 
-  // Out-of-bounds rows (tails of q/k/v) are zero-filled by TMA and still count the full box bytes.
-  reinterpret_cast<Barrier&>(ss.full_q).arrive_and_expect_tx(Traits::kBytesQ);
-  copy(p.tma_q.with(ss.full_q), tQgQ, tQsQ);
-
+  // Pipeline state, carried across the tiles of this CTA (the consumers count the same way).
+  // K/V ring: stage s, parity `phase`; empty barriers start in phase 0, so waiting on parity
+  // (phase ^ 1) = 1 passes at once the first time round, i.e. every stage starts out free.
+  // Q: one buffer; the n-th Q load of this CTA (n = q_loads) first waits for the consumers to
+  // have finished Q K^T of the previous tile: empty_q on parity (n & 1) ^ 1 (passes at once for
+  // n = 0).
   int stage = 0;
   uint32_t phase = 0;
-  for (int n_block = range.n_max - 1; n_block >= range.n_min; --n_block) {
-    // Empty barriers start in phase 0; waiting on parity (phase ^ 1) = 1 passes at once the first
-    // time round, i.e. every stage starts out free.
-    reinterpret_cast<EmptyBarrier&>(ss.empty_k[stage]).wait(phase ^ 1);
-    reinterpret_cast<Barrier&>(ss.full_k[stage]).arrive_and_expect_tx(Traits::kBytesKV);
-    copy(p.tma_k.with(ss.full_k[stage]), tKgK(_, n_block), tKsK(_, stage));
+  uint32_t q_loads = 0;
+  const TileSchedule& sched = p.sched;
+  for (int unit = blockIdx.x; unit < sched.num_units; unit += gridDim.x) {
+    const int tiles = sched.tiles_in_unit(unit);
+    for (int j = 0; j < tiles; ++j) {
+      const TileCoord tc = sched.tile(unit, j);
+      const KeyBlockRange range = key_block_range<kBlockM, kBlockN>(rule, tc.m_block);
+      if (range.n_max <= range.n_min) continue;  // consumers skip this tile as well
+      const int bidh_k = tc.bidh / p.head_ratio;
 
-    reinterpret_cast<EmptyBarrier&>(ss.empty_v[stage]).wait(phase ^ 1);
-    reinterpret_cast<Barrier&>(ss.full_v[stage]).arrive_and_expect_tx(Traits::kBytesKV);
-    copy(p.tma_v.with(ss.full_v[stage]), tVgV(_, n_block), tVsV(_, stage));
+      Tensor gQ = local_tile(mQ(_, _, tc.bidh, tc.bidb), Shape<Int<kBlockM>, Int<kHeadDim>>{},
+                             make_coord(tc.m_block, _0{}));  // (kBlockM, d)
+      Tensor gK = local_tile(mK(_, _, bidh_k, tc.bidb), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                             make_coord(_, _0{}));  // (kBlockN, d, n_blocks)
+      Tensor gV = local_tile(mV(_, _, bidh_k, tc.bidb), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                             make_coord(_, _0{}));
+      Tensor tQgQ = tma_q.partition_S(gQ);
+      Tensor tKgK = group_modes<0, 3>(tma_k.partition_S(gK));  // (TMA, n_blocks)
+      Tensor tVgV = group_modes<0, 3>(tma_v.partition_S(gV));
 
-    if (++stage == Traits::kStages) { stage = 0; phase ^= 1; }
+      for (int n_block = range.n_max - 1; n_block >= range.n_min; --n_block) {
+        reinterpret_cast<EmptyBarrier&>(ss.empty_k[stage]).wait(phase ^ 1);
+        reinterpret_cast<Barrier&>(ss.full_k[stage]).arrive_and_expect_tx(Traits::kBytesKV);
+        copy(p.tma_k.with(ss.full_k[stage]), tKgK(_, n_block), tKsK(_, stage));
+
+        if (n_block == range.n_max - 1) {
+          // Q after the first K: that K stage is usually free well before the consumers are
+          // done with the previous tile's Q. Out-of-bounds rows (tails of q/k/v) are zero-filled
+          // by TMA and still count the full box bytes.
+          reinterpret_cast<EmptyBarrier&>(ss.empty_q).wait((q_loads & 1) ^ 1);
+          reinterpret_cast<Barrier&>(ss.full_q).arrive_and_expect_tx(Traits::kBytesQ);
+          copy(p.tma_q.with(ss.full_q), tQgQ, tQsQ);
+          ++q_loads;
+        }
+
+        reinterpret_cast<EmptyBarrier&>(ss.empty_v[stage]).wait(phase ^ 1);
+        reinterpret_cast<Barrier&>(ss.full_v[stage]).arrive_and_expect_tx(Traits::kBytesKV);
+        copy(p.tma_v.with(ss.full_v[stage]), tVgV(_, n_block), tVsV(_, stage));
+
+        if (++stage == Traits::kStages) { stage = 0; phase ^= 1; }
+      }
+    }
   }
 }
 

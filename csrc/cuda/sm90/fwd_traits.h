@@ -20,8 +20,10 @@ using namespace cute;
 // Per head dim: query rows per CTA, keys per pipeline stage, pipeline depth.
 // 128 rows = 2 consumer warpgroups x 64 rows (one wgmma M=64 each).
 template <int kHeadDim> struct FwdTileConfig;
-template <> struct FwdTileConfig<64>  { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2; };
-template <> struct FwdTileConfig<128> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2; };
+// 3 K/V stages where they fit (d=64: 16 + 3 x 32 KB; d=128: 32 + 3 x 64 KB = 224 KB): with the
+// persistent schedule the producer then runs a block further ahead, also into the next tile.
+template <> struct FwdTileConfig<64>  { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3; };
+template <> struct FwdTileConfig<128> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3; };
 // d=256: Q 64 KB + 2 x (K 40 KB + V 40 KB) = 224 KB of the 227 KB a CTA may have.
 template <> struct FwdTileConfig<256> { static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2; };
 
@@ -80,6 +82,7 @@ struct FwdTraits {
     alignas(1024) Element k[cosize_v<SmemLayoutK>];
     alignas(1024) Element v[cosize_v<SmemLayoutV>];
     alignas(8) uint64_t full_q;           // Q tile landed (TMA transaction count)
+    alignas(8) uint64_t empty_q;          // all consumer threads done with Q K^T of the tile
     alignas(8) uint64_t full_k[kStages];  // K stage landed
     alignas(8) uint64_t full_v[kStages];  // V stage landed
     alignas(8) uint64_t empty_k[kStages]; // all consumer threads done reading the K stage
