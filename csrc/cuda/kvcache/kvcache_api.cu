@@ -20,19 +20,37 @@ namespace {
 constexpr int kMaxSplits = 128;
 constexpr int kMaxDevices = 64;
 
-// SM count per device, read once (cudaDeviceGetAttribute is cheap but not free, and run() should
-// not make runtime queries on the hot path).
-int sm_count(int device) {
+// A device attribute, read once per device (cudaDeviceGetAttribute is cheap but not free, and
+// run() should not make runtime queries on the hot path).
+template <cudaDeviceAttr kAttr>
+int device_attr(int device, int fallback) {
   static std::atomic<int> cache[kMaxDevices] = {};
   if (device < 0 || device >= kMaxDevices) device = 0;
   int n = cache[device].load(std::memory_order_relaxed);
   if (n > 0) return n;
-  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) {
+  if (cudaDeviceGetAttribute(&n, kAttr, device) != cudaSuccess || n <= 0) {
     cudaGetLastError();  // clear the sticky-free error so the caller's check_launch is not confused
-    n = 132;
+    n = fallback;
   }
   cache[device].store(n, std::memory_order_relaxed);
   return n;
+}
+int sm_count(int device) {
+  return device_attr<cudaDevAttrMultiProcessorCount>(device, 132);
+}
+int smem_per_sm(int device) {
+  return device_attr<cudaDevAttrMaxSharedMemoryPerMultiprocessor>(device, 228 * 1024);
+}
+
+// Attention CTAs resident per SM for this call's head-dim bucket: limited by shared memory
+// (1 KB per CTA is reserved by the driver) and by registers (<= 255 per thread, 64K per SM).
+int ctas_per_sm(const KvcacheParams& p) {
+  const int bucket = std::max(32, (p.head_dim + 31) / 32 * 32);
+  const int by_smem = smem_per_sm(p.device_index) / (attn_smem_bytes(bucket) + 1024);
+  // ptxas -v (sm_80 / sm_90), rounded up: d32 78, d64 125, d96 123, d128 128, d160 158, d256 234.
+  const int regs = bucket <= 128 ? 128 : 256;
+  const int by_regs = 65536 / (regs * kThreads);
+  return std::max(1, std::min(by_smem, by_regs));
 }
 
 int group_of(const KvcacheParams& p) { return p.nheads_k > 0 ? p.nheads / p.nheads_k : 1; }
@@ -42,19 +60,32 @@ int m_tiles_of(const KvcacheParams& p) {
   return static_cast<int>((rows + kRowsPerTile - 1) / kRowsPerTile);
 }
 
-// Splits: 1 when the (sequence, kv head, row tile) CTAs already fill ~2 CTAs per SM; otherwise
-// enough to reach that, never more than the key tiles of the longest possible sequence.
+// Splits. The kernel is a stream over K/V, so what matters is that every resident CTA slot
+// (SMs x CTAs per SM) is busy for the whole kernel: a partial second wave (e.g. 320 CTAs on 264
+// slots) nearly doubles the time. So: no split when the (sequence, kv head, row tile) CTAs
+// already fill >= 80% of the slots; otherwise the smallest split count whose wave efficiency
+// (CTAs / (waves x slots), counting only splits that get key tiles) is within 5% of the best
+// one, with at least 2 key tiles per split so each CTA has a pipeline to fill.
 int choose_splits(const KvcacheParams& p) {
   if (p.batch == 0 || p.seqlen_q == 0 || p.num_splits == 1) return 1;
   const int max_tiles = std::max(1, (p.seqlen_k + kBlockN - 1) / kBlockN);
   if (p.num_splits > 1) return std::min({p.num_splits, max_tiles, kMaxSplits});
   const int64_t ctas = static_cast<int64_t>(p.batch) * p.nheads_k * m_tiles_of(p);
-  const int64_t target = 2LL * sm_count(p.device_index);
-  if (ctas * 5 >= target * 4) return 1;  // >= 80% of the target: splitting only adds the combine
-  const int64_t want = (target + ctas - 1) / ctas;
-  // Keep at least 2 key tiles per split so each CTA pipelines something.
-  const int64_t by_len = std::max(1, max_tiles / 2);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, by_len, 64})));
+  const int64_t slots = static_cast<int64_t>(sm_count(p.device_index)) * ctas_per_sm(p);
+  if (ctas * 5 >= slots * 4) return 1;  // splitting only adds the combine
+  const int max_splits = std::min(kMaxSplits, std::max(1, max_tiles / 2));
+  auto efficiency = [&](int s) {
+    const int per_split = (max_tiles + s - 1) / s;
+    const int64_t used = ctas * ((max_tiles + per_split - 1) / per_split);
+    const int64_t waves = (used + slots - 1) / slots;
+    return static_cast<double>(used) / static_cast<double>(waves * slots);
+  };
+  double best = 0.0;
+  for (int s = 1; s <= max_splits; ++s) best = std::max(best, efficiency(s));
+  for (int s = 1; s <= max_splits; ++s) {
+    if (efficiency(s) >= 0.95 * best) return s;
+  }
+  return 1;
 }
 
 int64_t output_rows(const KvcacheParams& p) {
@@ -207,6 +238,11 @@ void run(const KvcacheParams& p, void* stream) {
   a.bt_stride = p.block_table_batch_stride;
   a.page_size = p.page_size;
   a.num_pages = p.num_pages;
+  a.page_shift = -1;
+  if (p.block_table && (p.page_size & (p.page_size - 1)) == 0) {
+    a.page_shift = 0;
+    while ((1 << a.page_shift) < p.page_size) ++a.page_shift;
+  }
   a.scale = p.softmax_scale;
   a.softcap = p.softcap;
   a.window_left = p.window_left;

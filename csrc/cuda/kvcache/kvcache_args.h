@@ -42,6 +42,7 @@ struct AttnArgs {
   const int32_t* block_table;
   int64_t bt_stride;
   int page_size, num_pages;
+  int page_shift;  // log2(page_size) when it is a power of two (shift/mask lookups), else -1
 
   float scale, softcap;
   int window_left, window_right;  // window_right already includes causal
@@ -100,5 +101,14 @@ void launch_combine(const AttnArgs& args, DType dtype, void* stream);
 // 3 stages up to 128 (H100: 4 CTAs/SM at d64, 2 at d128); 2 beyond (the tiles get large).
 constexpr int stages_for(int head_dim) { return head_dim <= 128 ? 3 : 2; }
 constexpr int smem_row_elems(int head_dim) { return head_dim + 8; }  // +16 B: ldmatrix conflict-free
+
+// Dynamic shared memory of the attention kernel for a head-dim bucket (AttnCfg<D>::kSmemBytes
+// static_asserts that it matches): K/V stages, Q tile, merge statistics (m, l, weight per warp
+// and row, lse per row), per-stage key-ok flags, per-stage key-row offsets (K and V, int64).
+constexpr int attn_smem_bytes(int head_dim) {
+  return stages_for(head_dim) * 2 * kBlockN * smem_row_elems(head_dim) * 2 +
+         kRowsPerTile * smem_row_elems(head_dim) * 2 + (3 * kWarps * kRowsPerTile + kRowsPerTile) * 4 +
+         stages_for(head_dim) * kBlockN + stages_for(head_dim) * kBlockN * 2 * 8;
+}
 
 }  // namespace flash::kvcache_cuda

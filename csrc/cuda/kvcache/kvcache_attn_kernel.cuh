@@ -37,7 +37,11 @@ struct AttnCfg {
   // m[kWarps][16], l[kWarps][16], weight[kWarps][16], lse[16]
   static constexpr int kStatFloats = 3 * kWarps * kRowsPerTile + kRowsPerTile;
   static constexpr int kOkBytes = kStages * kBlockN;
-  static constexpr int kSmemBytes = kKvBytes + kQBytes + kStatFloats * 4 + kOkBytes;
+  // Per stage and key row: element offsets of K and V (-1: key not loadable), written one tile
+  // ahead by the thread that owns the row, so the copy loop does no page lookups or divisions.
+  static constexpr int kOffBytes = kStages * kBlockN * 2 * 8;
+  static constexpr int kSmemBytes = kKvBytes + kQBytes + kStatFloats * 4 + kOkBytes + kOffBytes;
+  static_assert(kSmemBytes == attn_smem_bytes(D), "host occupancy estimate must match");
   // The end-of-CTA merge reuses the K/V region for the 4 warps' fp32 O tiles.
   static constexpr int kORow = D + 8;  // floats; +8 breaks the 8-way bank conflict of float2 stores
   static_assert(kWarps * kRowsPerTile * kORow * 4 <= kKvBytes, "merge buffer must fit");
@@ -110,6 +114,8 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
   float* sW = sL + kWarps * kRowsPerTile;
   float* sLse = sW + kWarps * kRowsPerTile;
   uint8_t* sOk = reinterpret_cast<uint8_t*>(sLse + kRowsPerTile);
+  // 8-byte aligned: every region before it is a multiple of 8 bytes (sOk is kStages * 64).
+  int64_t* sOff = reinterpret_cast<int64_t*>(sOk + Cfg::kOkBytes);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
@@ -133,50 +139,87 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
   const int n_my = t_end - t_begin;
 
   // ---- the row-address function: key j (relative to leftpad) -> element offsets of K and V ----
+  // Evaluated once per key row per tile by thread `tid < kBlockN` (one row each), one tile ahead
+  // of its copy, with the block-table entry prefetched one more tile ahead; the copy loop then
+  // reads the offsets from smem, so contiguous and paged caches issue the same cp.async stream.
   const Elem* k_base = static_cast<const Elem*>(a.k) + hk * a.k_hs;
   const Elem* v_base = static_cast<const Elem*>(a.v) + hk * a.v_hs;
   const bool paged = a.block_table != nullptr;
   const int32_t* bt = paged ? a.block_table + b * a.bt_stride : nullptr;
   const int64_t k_row0 = paged ? 0 : static_cast<int64_t>(max(sq.cache_row, 0)) * a.k_bs;
   const int64_t v_row0 = paged ? 0 : static_cast<int64_t>(max(sq.cache_row, 0)) * a.v_bs;
-  auto key_offsets = [&](int j, int64_t& ko, int64_t& vo) -> bool {
+  const bool owns_row = tid < kBlockN;
+  // Block-table entry of this thread's key row in `tile` (0 when contiguous or out of range).
+  auto fetch_page = [&](int tile) -> int {
+    const int j = lo + tile * kBlockN + tid;
+    if (!paged || !owns_row || j >= key_hi) return 0;
     const int t = sq.leftpad + j;
-    if (!paged) {
-      ko = k_row0 + t * a.k_rs;
-      vo = v_row0 + t * a.v_rs;
-      return true;
-    }
-    const int slot = t / a.page_size;
-    const int page = __ldg(bt + slot);
-    if (page < 0 || page >= a.num_pages) return false;  // never dereference a bad page
-    const int row = t - slot * a.page_size;
-    ko = page * a.k_bs + row * a.k_rs;
-    vo = page * a.v_bs + row * a.v_rs;
-    return true;
+    const int slot = a.page_shift >= 0 ? (t >> a.page_shift) : t / a.page_size;
+    return __ldg(bt + slot);
   };
-  auto issue_tile = [&](int tile, int stage) {
-    const int j0 = lo + tile * kBlockN;
+  auto store_offsets = [&](int tile, int page, int stage) {
+    if (!owns_row) return;
+    const int j = lo + tile * kBlockN + tid;
+    const int t = sq.leftpad + j;
+    int64_t ko = -1, vo = -1;
+    if (j < key_hi) {
+      if (!paged) {
+        ko = k_row0 + t * a.k_rs;
+        vo = v_row0 + t * a.v_rs;
+      } else if (page >= 0 && page < a.num_pages) {  // never dereference a bad page
+        const int row = a.page_shift >= 0 ? (t & (a.page_size - 1)) : t % a.page_size;
+        ko = page * a.k_bs + row * a.k_rs;
+        vo = page * a.v_bs + row * a.v_rs;
+      }
+    }
+    sOff[(stage * kBlockN + tid) * 2] = ko;
+    sOff[(stage * kBlockN + tid) * 2 + 1] = vo;
+  };
+  auto issue_tile = [&](int stage) {
     Elem* sK = sKV + stage * 2 * Cfg::kTileElems;
     Elem* sV = sK + Cfg::kTileElems;
+    const int64_t* off = sOff + stage * kBlockN * 2;
+    constexpr int kIters = kBlockN * Cfg::kChunks / kThreads;
     static_assert(kBlockN * Cfg::kChunks % kThreads == 0, "whole copy rounds");
+    // Groups of 4 rows: their offsets are read before the copies (cp.async clobbers memory, so
+    // reads interleaved with copies would be serialised).
+    constexpr int kGroup = kIters % 4 == 0 ? 4 : (kIters % 2 == 0 ? 2 : 1);  // d96/160/224: 2
+    static_assert(kIters % kGroup == 0, "whole groups");
 #pragma unroll
-    for (int it = 0; it < kBlockN * Cfg::kChunks / kThreads; ++it) {
-      const int idx = tid + it * kThreads;
-      const int r = idx / Cfg::kChunks, c = idx % Cfg::kChunks;
-      const int j = j0 + r;
-      int64_t ko = 0, vo = 0;
-      const bool ok = j < key_hi && key_offsets(j, ko, vo);
-      if (c == 0) sOk[stage * kBlockN + r] = ok;
-      const bool ld = ok && c * 8 < a.head_dim;  // dims past head_dim: zeros (bucket padding)
-      cp_async_16(sK + r * Cfg::kRow + c * 8, ld ? k_base + ko + c * 8 : k_base, ld);
-      cp_async_16(sV + r * Cfg::kRow + c * 8, ld ? v_base + vo + c * 8 : v_base, ld);
+    for (int g0 = 0; g0 < kIters; g0 += kGroup) {
+      int64_t ko[kGroup], vo[kGroup];
+#pragma unroll
+      for (int u = 0; u < kGroup; ++u) {
+        const int r = (tid + (g0 + u) * kThreads) / Cfg::kChunks;
+        ko[u] = off[r * 2];
+        vo[u] = off[r * 2 + 1];
+      }
+#pragma unroll
+      for (int u = 0; u < kGroup; ++u) {
+        const int idx = tid + (g0 + u) * kThreads;
+        const int r = idx / Cfg::kChunks, c = idx % Cfg::kChunks;
+        const bool ok = ko[u] >= 0;
+        if (c == 0) sOk[stage * kBlockN + r] = ok;
+        const bool ld = ok && c * 8 < a.head_dim;  // dims past head_dim: zeros (bucket padding)
+        cp_async_16(sK + r * Cfg::kRow + c * 8, ld ? k_base + ko[u] + c * 8 : k_base, ld);
+        cp_async_16(sV + r * Cfg::kRow + c * 8, ld ? v_base + vo[u] + c * 8 : v_base, ld);
+      }
     }
   };
+
+  // Offsets of the first kStages tiles (tile kStages - 1 is issued in iteration 0), then the
+  // page of the next one in flight.
+#pragma unroll
+  for (int s = 0; s < Cfg::kStages; ++s) {
+    if (s < n_my) store_offsets(t_begin + s, fetch_page(t_begin + s), s);
+  }
+  int next_page = Cfg::kStages < n_my ? fetch_page(t_begin + Cfg::kStages) : 0;
+  __syncthreads();
 
   // Start streaming K/V before touching q.
 #pragma unroll
   for (int s = 0; s < Cfg::kStages - 1; ++s) {
-    if (s < n_my) issue_tile(t_begin + s, s);
+    if (s < n_my) issue_tile(s);
     cp_async_commit();
   }
 
@@ -219,7 +262,7 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
     __syncthreads();  // tile n landed for everyone; tile n-1's stage is free
     {
       const int nn = n + Cfg::kStages - 1;
-      if (nn < n_my) issue_tile(t_begin + nn, nn % Cfg::kStages);
+      if (nn < n_my) issue_tile(nn % Cfg::kStages);
       cp_async_commit();
     }
     const int stage = n % Cfg::kStages;
@@ -296,8 +339,24 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
       T::mma(o[n0 / 8], pa, vb[0], vb[1]);
       T::mma(o[n0 / 8 + 1], pa, vb[2], vb[3]);
     }
+
+    // Offsets of tile n + kStages (issued next iteration, after its barrier) into the stage it
+    // will use, (n + kStages) % kStages = n % kStages: that slot's offsets were last read when
+    // tile n was issued, barriers ago. Then prefetch the page of the tile after it.
+    {
+      const int nt = n + Cfg::kStages;
+      if (nt < n_my) {
+        store_offsets(t_begin + nt, next_page, nt % Cfg::kStages);
+        next_page = nt + 1 < n_my ? fetch_page(t_begin + nt + 1) : 0;
+      }
+    }
   }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Streaming done: let a programmatic dependent (the split-KV combine) start launching. It
+  // still waits (griddepcontrol.wait) for this whole grid to complete before reading partials.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
   // ---- merge the 4 warps' (max, sum, O) and write the tile ----
   cp_async_wait<0>();
   __syncthreads();  // K/V region is free for the merge buffer

@@ -7,7 +7,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 
 #include "cuda/kvcache/kvcache_args.h"
 #include "cuda/kvcache/kvcache_ptx.cuh"
@@ -90,51 +92,101 @@ __global__ void __launch_bounds__(kAuxThreads) append_kernel(const KvcacheParams
   *reinterpret_cast<uint4*>(static_cast<Elem*>(const_cast<void*>(p.k)) + ko) = kv;
 }
 
-// One warp per output row (b, h, i): lse = log sum exp(lse_s), O = sum exp(lse_s - lse) O_s.
+// One 128-thread CTA per output row (b, h, i): lse = log sum exp(lse_s), O = sum exp(lse_s - lse)
+// O_s. Decode has few rows and many splits (e.g. 32 rows x 32 splits), so the splits are read in
+// parallel: thread s reads lse_s (splits <= kMaxCombineSplits), the weights go through smem, and
+// the 4 warps each sum a quarter of the splits (4 partial rows in flight per thread) before a
+// final reduction through smem. One pass over the partials, 16-byte loads.
+constexpr int kCombineThreads = 128;
+constexpr int kCombineWarps = kCombineThreads / 32;
+static_assert(kCombineThreads >= 128, "one thread per split (at most 128 splits)");
+struct CombineSmem {
+  float4 acc[kCombineWarps - 1][32];  // warps 1..3's partial sums, 128 dims (a float4 per lane)
+  float w[kCombineThreads];                 // per-split weight exp(lse_s - lse)
+  float red[kCombineWarps];
+};
+
 template <typename Elem>
-__global__ void __launch_bounds__(kAuxThreads) combine_kernel(const AttnArgs a) {
+__global__ void __launch_bounds__(kCombineThreads) combine_kernel(const AttnArgs a) {
   using T = ElemTraits<Elem>;
+  extern __shared__ __align__(16) unsigned char combine_smem[];
+  CombineSmem& sh = *reinterpret_cast<CombineSmem*>(combine_smem);
+  float* s_w = sh.w;
+  float* s_red = sh.red;
+  auto& s_acc = sh.acc;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Launched as a programmatic dependent of the attention kernel (sm_90): everything above this
+  // line overlapped the attention tail; the partials are read only after it has completed and its
+  // writes are visible. A no-op when launched normally.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
   const int64_t rows = static_cast<int64_t>(a.batch) * a.nheads * a.seqlen_q;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kAuxThreads / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x & 31;
-  if (row >= rows) return;
+  const int64_t row = blockIdx.x;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int i = static_cast<int>(row % a.seqlen_q);
   const int h = static_cast<int>(row / a.seqlen_q % a.nheads);
   const int b = static_cast<int>(row / (static_cast<int64_t>(a.seqlen_q) * a.nheads));
 
-  float m = -INFINITY;
-  for (int s = lane; s < a.splits; s += 32) m = fmaxf(m, a.part_lse[s * rows + row]);
+  const float ls = tid < a.splits ? a.part_lse[tid * rows + row] : -INFINITY;
+  float m = ls;
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  float sum = 0.f;
-  if (m != -INFINITY) {
-    for (int s = lane; s < a.splits; s += 32) sum += expf(a.part_lse[s * rows + row] - m);
-  }
+  if (lane == 0) s_red[warp] = m;
+  __syncthreads();
+  m = s_red[0];
+#pragma unroll
+  for (int w = 1; w < kCombineWarps; ++w) m = fmaxf(m, s_red[w]);
+  // An empty split has lse -inf: weight 0 (its O is 0 too). All empty: m = -inf, row empty.
+  float e = (m == -INFINITY || ls == -INFINITY) ? 0.f : expf(ls - m);
+  float sum = e;
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  __syncthreads();  // every read of s_red (max) is done
+  if (lane == 0) s_red[warp] = sum;
+  __syncthreads();
+  sum = 0.f;
+#pragma unroll
+  for (int w = 0; w < kCombineWarps; ++w) sum += s_red[w];
   const float lse = m == -INFINITY ? -INFINITY : m + logf(sum);
+  s_w[tid] = sum > 0.f ? e / sum : 0.f;  // exp(ls - lse)
+  __syncthreads();
 
   Elem* out = static_cast<Elem*>(a.out) + b * a.o_bs + i * a.o_rs + h * a.o_hs;
-  for (int d = lane * 4; d < a.head_dim; d += 128) {
+  // d0 is block-uniform (the loop holds barriers); lanes past head_dim only join the barriers.
+  for (int d0 = 0; d0 < a.head_dim; d0 += 128) {
+    const int d = d0 + lane * 4;
+    const bool active = d < a.head_dim;  // head_dim % 8 == 0: a 4-dim group is all in or all out
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (lse != -INFINITY) {
-      for (int s = 0; s < a.splits; ++s) {
-        const float ls = a.part_lse[s * rows + row];
-        if (ls == -INFINITY) continue;  // empty split: weight 0 (its O is 0 anyway)
-        const float w = expf(ls - lse);
-        const float4 x = *reinterpret_cast<const float4*>(a.part_o + (s * rows + row) * a.head_dim + d);
-        acc.x += w * x.x;
-        acc.y += w * x.y;
-        acc.z += w * x.z;
-        acc.w += w * x.w;
-      }
+    const float* src = a.part_o + row * a.head_dim + d;
+    const int64_t split_stride = rows * a.head_dim;
+#pragma unroll 4
+    for (int sp = warp; active && sp < a.splits; sp += kCombineWarps) {
+      const float w = s_w[sp];
+      const float4 x = *reinterpret_cast<const float4*>(src + sp * split_stride);
+      acc.x += w * x.x;
+      acc.y += w * x.y;
+      acc.z += w * x.z;
+      acc.w += w * x.w;
     }
-    uint2 packed;
-    packed.x = T::pack2(acc.x, acc.y);
-    packed.y = T::pack2(acc.z, acc.w);
-    *reinterpret_cast<uint2*>(out + d) = packed;
+    if (warp > 0) s_acc[warp - 1][lane] = acc;
+    __syncthreads();
+    if (warp == 0 && active) {
+#pragma unroll
+      for (int w = 0; w < kCombineWarps - 1; ++w) {
+        const float4 x = s_acc[w][lane];
+        acc.x += x.x;
+        acc.y += x.y;
+        acc.z += x.z;
+        acc.w += x.w;
+      }
+      uint2 packed;
+      packed.x = T::pack2(acc.x, acc.y);
+      packed.y = T::pack2(acc.z, acc.w);
+      *reinterpret_cast<uint2*>(out + d) = packed;
+    }
+    __syncthreads();  // s_acc is reused by the next 128 dims
   }
-  if (lane == 0) a.lse[b * a.lse_bs + h * a.lse_hs + i] = lse == -INFINITY ? INFINITY : lse;
+  if (tid == 0) a.lse[b * a.lse_bs + h * a.lse_hs + i] = lse == -INFINITY ? INFINITY : lse;
 }
 
 }  // namespace
@@ -151,15 +203,52 @@ void launch_append(const KvcacheParams& p, void* stream) {
   }
 }
 
+// Compute capability >= 9.0 on the current device (read once per device), unless the
+// environment variable FLASH_KVCACHE_NO_PDL is set (a switch for diagnosing launch problems).
+static bool pdl_supported() {
+  static const bool disabled = std::getenv("FLASH_KVCACHE_NO_PDL") != nullptr;
+  if (disabled) return false;
+  static std::atomic<int> cache[64] = {};  // 0 unknown, 1 no, 2 yes
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) {
+    cudaGetLastError();
+    return false;
+  }
+  int v = cache[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    int major = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+      cudaGetLastError();
+      major = 0;
+    }
+    v = major >= 9 ? 2 : 1;
+    cache[device].store(v, std::memory_order_relaxed);
+  }
+  return v == 2;
+}
+
 void launch_combine(const AttnArgs& a, DType dtype, void* stream) {
   const int64_t rows = static_cast<int64_t>(a.batch) * a.nheads * a.seqlen_q;
   if (rows == 0) return;
-  const unsigned blocks = static_cast<unsigned>((rows + kAuxThreads / 32 - 1) / (kAuxThreads / 32));
-  auto st = static_cast<cudaStream_t>(stream);
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(rows));  // <= 2^31 - 1 for any sane call
+  cfg.blockDim = dim3(kCombineThreads);
+  cfg.dynamicSmemBytes = sizeof(CombineSmem);
+  cfg.stream = static_cast<cudaStream_t>(stream);
+  // sm_90+: programmatic dependent launch, so the combine's launch latency hides behind the
+  // attention kernel's tail (decode at batch 1 is a few microseconds end to end). The kernel
+  // waits on griddepcontrol.wait before touching the partials. Older GPUs: a plain launch.
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  if (pdl_supported()) {
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+  }
   if (dtype == DType::kFloat16) {
-    combine_kernel<__half><<<blocks, kAuxThreads, 0, st>>>(a);
+    cudaLaunchKernelEx(&cfg, combine_kernel<__half>, a);
   } else {
-    combine_kernel<__nv_bfloat16><<<blocks, kAuxThreads, 0, st>>>(a);
+    cudaLaunchKernelEx(&cfg, combine_kernel<__nv_bfloat16>, a);
   }
 }
 

@@ -62,8 +62,7 @@ void launch_append(const KvcacheParams& p, void*) {
 }
 void launch_combine(const AttnArgs& a, DType dt, void*) {
   const int64_t rows = int64_t(a.batch) * a.nheads * a.seqlen_q;
-  const unsigned blocks = unsigned((rows + kAuxThreads / 32 - 1) / (kAuxThreads / 32));
-  run_grid(blocks, 1, 1, kAuxThreads, 0, [&] {
+  run_grid(unsigned(rows), 1, 1, kCombineThreads, sizeof(CombineSmem), [&] {
     if (dt == DType::kFloat16) combine_kernel<__half>(a); else combine_kernel<__nv_bfloat16>(a);
   });
 }
@@ -201,6 +200,11 @@ int main() {
     {"gqa16_sq2_d128_wl0", H, 1, 2, 16, 1, 128, 130, 2, false, 0, false, 0, -1, 0, false, false, false, 0, false, 0, false},
     {"empty_rows_split_causal", H, 3, 6, 4, 2, 128, 300, 0, true, 7, true, -1, -1, 0, false, true, false, 0, false, 4, true},
     {"paged_ps16_d128_causal_sq7", H, 2, 7, 16, 2, 128, 260, 7, true, 16, true, -1, -1, 0, true, true, false, 128, true, 0, false},
+    // Long per-CTA key ranges (many tiles per split): the one-tile-ahead offset table and the
+    // page prefetch go through many pipeline rounds (pow2 pages: shift path; 5: division path).
+    {"long_paged_ps16_d128_nosplit", B, 2, 1, 8, 2, 128, 1500, 1, true, 16, true, -1, -1, 0, false, true, false, 0, false, 1, true},
+    {"long_paged_ps5_d64_split2", H, 2, 2, 4, 1, 64, 1700, 2, true, 5, true, -1, -1, 0, false, false, false, 64, true, 2, true},
+    {"long_contig_bidx_d128_split0", H, 1, 1, 4, 1, 128, 2100, 1, false, 0, true, -1, -1, 0, false, true, true, 0, false, 0, false},
   };
   int fails = 0;
   for (const Case& c : cases) fails += !run_case(c);

@@ -19,6 +19,7 @@ s = s[:s.index('template <ElemTag E, int D>\nvoid launch_attention')] + '}  // n
 open(out + "/attn_emu.h", "w").write(s)
 s = open(k + "kvcache_aux_kernels.cu").read()
 s = s.replace('#include "cuda/kvcache/kvcache_ptx.cuh"', '#include "emu_ptx.h"')
+s = s.replace('extern __shared__ __align__(16) unsigned char combine_smem[];', 'unsigned char* combine_smem = g_smem;')
 s = s[:s.index('}  // namespace\n')] + '}  // namespace\n}  // namespace flash::kvcache_cuda\n'
 open(out + "/aux_emu.h", "w").write(s)
 PY
