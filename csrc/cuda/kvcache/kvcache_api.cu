@@ -41,6 +41,9 @@ int sm_count(int device) {
 int smem_per_sm(int device) {
   return device_attr<cudaDevAttrMaxSharedMemoryPerMultiprocessor>(device, 228 * 1024);
 }
+int smem_optin_per_block(int device) {
+  return device_attr<cudaDevAttrMaxSharedMemoryPerBlockOptin>(device, 227 * 1024);
+}
 
 // Attention CTAs resident per SM for this call's head-dim bucket: limited by shared memory
 // (1 KB per CTA is reserved by the driver) and by registers (<= 255 per thread, 64K per SM).
@@ -176,6 +179,10 @@ bool supports(const KvcacheParams& p, std::string* why) {
   if (p.nheads_k <= 0 || p.nheads % p.nheads_k != 0) return fail("k");
   if (p.batch > 65535 || p.nheads_k > 65535) return fail("q");
   if (p.block_table && p.page_size < 1) return fail("block_table");
+  // Large head dims need more shared memory than sm86/sm89 allow one block (99 KB): refuse clearly
+  // here instead of failing at launch.
+  const int bucket = std::max(32, (p.head_dim + 31) / 32 * 32);
+  if (attn_smem_bytes(bucket) > smem_optin_per_block(p.device_index)) return fail("head_dim");
   // 16-byte vector accesses everywhere: 16-byte aligned bases, strides multiples of 8 elements.
   if (!aligned16(p.q) || !strides8(p.q_batch_stride, p.q_row_stride, p.q_head_stride))
     return fail("q");
