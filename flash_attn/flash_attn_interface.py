@@ -47,6 +47,15 @@ def _prepare(q, k, v, varlen: bool, dropout_p, softmax_scale, window_size, alibi
     return q, k, v, dropout_p, float(softmax_scale), window, alibi_slopes, head_size_og
 
 
+def _function_outputs(ctx, out, lse, probs, return_softmax):
+    """What every autograd Function's forward returns: out, or (out, lse, S_dmask) with lse and
+    S_dmask marked non-differentiable."""
+    if not return_softmax:
+        return out
+    _mark_outputs(ctx, lse, probs)
+    return out, lse, probs
+
+
 def _mark_outputs(ctx, lse, probs):
     # Only called when lse/S_dmask are returned (dynamo rejects marking a single-tensor output's
     # unreturned intermediates).
@@ -100,9 +109,7 @@ class FlashAttnFunc(torch.autograd.Function):
         out, lse, probs = _AttnCore.forward(ctx if is_grad else None, q, k, v, dropout_p, softmax_scale,
                                             causal, window_size, softcap, alibi_slopes, deterministic,
                                             return_softmax, is_grad_enabled)
-        if return_softmax:
-            _mark_outputs(ctx, lse, probs)
-        return out if not return_softmax else (out, lse, probs)
+        return _function_outputs(ctx, out, lse, probs, return_softmax)
 
     @staticmethod
     def backward(ctx, dout, *args):
@@ -120,9 +127,7 @@ class FlashAttnQKVPackedFunc(torch.autograd.Function):
         out, lse, probs = _AttnCore.forward(ctx if is_grad else None, q, k, v, dropout_p, softmax_scale,
                                             causal, window_size, softcap, alibi_slopes, deterministic,
                                             return_softmax, is_grad_enabled)
-        if return_softmax:
-            _mark_outputs(ctx, lse, probs)
-        return out if not return_softmax else (out, lse, probs)
+        return _function_outputs(ctx, out, lse, probs, return_softmax)
 
     @staticmethod
     def backward(ctx, dout, *args):
@@ -140,9 +145,7 @@ class FlashAttnKVPackedFunc(torch.autograd.Function):
         out, lse, probs = _AttnCore.forward(ctx if is_grad else None, q, k, v, dropout_p, softmax_scale,
                                             causal, window_size, softcap, alibi_slopes, deterministic,
                                             return_softmax, is_grad_enabled)
-        if return_softmax:
-            _mark_outputs(ctx, lse, probs)
-        return out if not return_softmax else (out, lse, probs)
+        return _function_outputs(ctx, out, lse, probs, return_softmax)
 
     @staticmethod
     def backward(ctx, dout, *args):
@@ -221,9 +224,7 @@ class FlashAttnVarlenFunc(torch.autograd.Function):
                                               max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
                                               window_size, softcap, alibi_slopes, deterministic,
                                               return_softmax, block_table)
-        if return_softmax:
-            _mark_outputs(ctx, lse, probs)
-        return out if not return_softmax else (out, lse, probs)
+        return _function_outputs(ctx, out, lse, probs, return_softmax)
 
     @staticmethod
     def backward(ctx, dout, *args):
@@ -242,9 +243,7 @@ class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
                                               max_seqlen, max_seqlen, dropout_p, softmax_scale, causal,
                                               window_size, softcap, alibi_slopes, deterministic,
                                               return_softmax, None)
-        if return_softmax:
-            _mark_outputs(ctx, lse, probs)
-        return out if not return_softmax else (out, lse, probs)
+        return _function_outputs(ctx, out, lse, probs, return_softmax)
 
     @staticmethod
     def backward(ctx, dout, *args):
@@ -264,9 +263,7 @@ class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
                                               max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
                                               window_size, softcap, alibi_slopes, deterministic,
                                               return_softmax, None)
-        if return_softmax:
-            _mark_outputs(ctx, lse, probs)
-        return out if not return_softmax else (out, lse, probs)
+        return _function_outputs(ctx, out, lse, probs, return_softmax)
 
     @staticmethod
     def backward(ctx, dout, *args):
