@@ -119,6 +119,7 @@ def _flash_attn_varlen_forward(
     B.set_qkv(p, q, k, v)
     B.set_out_lse(p, out, lse)
     p.batch, p.seqlen_q, p.seqlen_k, p.total_q = batch, max_seqlen_q, max_seqlen_k, total_q
+    p.total_k = k.shape[0]  # rows (paged: pages) of k; kernels clamp cu_seqlens_k into it
     p.cu_seqlens_q = cu_seqlens_q.data_ptr()
     p.cu_seqlens_k = cu_seqlens_k.data_ptr()
     if seqused_k is not None:
@@ -236,7 +237,7 @@ def _flash_attn_varlen_backward(
     p = _C.BwdParams()
     B.init_params(p, q, cuda_path)
     p.batch = cu_seqlens_q.shape[0] - 1
-    p.seqlen_q, p.seqlen_k, p.total_q = max_seqlen_q, max_seqlen_k, q.shape[0]
+    p.seqlen_q, p.seqlen_k, p.total_q, p.total_k = max_seqlen_q, max_seqlen_k, q.shape[0], k.shape[0]
     p.cu_seqlens_q = cu_seqlens_q.data_ptr()
     p.cu_seqlens_k = cu_seqlens_k.data_ptr()
     _run_backward(p, q, k, v, out, softmax_lse, dout, dq, dk, dv, dropout_p, softmax_scale, causal,

@@ -47,6 +47,9 @@ struct FwdParams {
   int nheads_k = 0;
   int head_dim = 0;  // the real head dim (any value 1..256 on CPU; multiple of 8 on CUDA)
   int total_q = 0;   // varlen: rows of q (cu_seqlens_q[batch])
+  // varlen without block_table: rows of k/v. Required (>= 0) so that kernels can clamp device-held
+  // cu_seqlens_k against the tensor (they cannot be checked on the host without a sync).
+  int64_t total_k = -1;
 
   // ---- variable length (all nullptr for fixed-length batches) ----------------------------
   const int32_t* cu_seqlens_q = nullptr;  // (batch + 1), device memory of `device`

@@ -149,7 +149,7 @@ void run_attention_case(const AttentionCase& c) {
   p.batch = B; p.seqlen_q = max_q; p.seqlen_k = max_k; p.nheads = H; p.nheads_k = HK;
   p.head_dim = d; p.total_q = total_q;
   if (vq) p.cu_seqlens_q = cu_q.data();
-  if (vk) p.cu_seqlens_k = cu_k.data();
+  if (vk) p.cu_seqlens_k = cu_k.data(), p.total_k = cu_k.back();
   if (!c.seqused_k.empty()) p.seqused_k = c.seqused_k.data();
   if (c.page_size > 0) {
     p.block_table = block_table.data();

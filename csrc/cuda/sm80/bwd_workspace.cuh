@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/varlen.h"
 #include "flash/params.h"
 
 namespace flash::sm80::bwd {
@@ -58,8 +59,8 @@ inline int deterministic_slices(const BwdParams& p, int block_n) {
 inline size_t plan_workspace(const BwdParams& p, int block_n, void* base, BwdWorkspace* ws) {
   const bool varlen = p.cu_seqlens_q != nullptr;
   const int64_t rows_q = varlen ? p.total_q : static_cast<int64_t>(p.batch) * p.seqlen_q;
-  // varlen: total_k is not passed; batch * max_seqlen_k bounds cu_seqlens_k[batch].
-  const int64_t rows_k = static_cast<int64_t>(p.batch) * p.seqlen_k;
+  // varlen: sequences are clamped into [0, total_k) rows (common/varlen.h).
+  const int64_t rows_k = varlen ? p.total_k : static_cast<int64_t>(p.batch) * p.seqlen_k;
   const int slices = p.deterministic ? deterministic_slices(p, block_n) : 1;
   const bool gqa = p.nheads != p.nheads_k;
   const int64_t hd = p.head_dim;
@@ -96,21 +97,22 @@ struct SeqInfo {
   int sk_used;             // keys that take part (seqused_k), <= sk
 
   __device__ __forceinline__ SeqInfo(const BwdParams& p, int b) {
+    // Device-held lengths are clamped into the tensors (common/varlen.h): never out of bounds.
     if (p.cu_seqlens_q != nullptr) {
-      q_row0 = p.cu_seqlens_q[b];
-      sq = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
+      const PackedRange r = packed_range(p.cu_seqlens_q, b, p.total_q, p.seqlen_q);
+      q_row0 = r.start, sq = r.len;
     } else {
       q_row0 = static_cast<int64_t>(b) * p.seqlen_q;
       sq = p.seqlen_q;
     }
     if (p.cu_seqlens_k != nullptr) {
-      k_row0 = p.cu_seqlens_k[b];
-      sk = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
+      const PackedRange r = packed_range(p.cu_seqlens_k, b, p.total_k, p.seqlen_k);
+      k_row0 = r.start, sk = r.len;
     } else {
       k_row0 = static_cast<int64_t>(b) * p.seqlen_k;
       sk = p.seqlen_k;
     }
-    sk_used = p.seqused_k != nullptr ? min(p.seqused_k[b], sk) : sk;
+    sk_used = p.seqused_k != nullptr ? max(0, min(p.seqused_k[b], sk)) : sk;
   }
 
   // Element offset of row i (relative to the sequence) in a tensor with the given strides.

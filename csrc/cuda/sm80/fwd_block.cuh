@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "common/mask.h"
+#include "common/varlen.h"
 #include "cuda/sm80/common/sm80_frag_dropout.cuh"
 #include "cuda/sm80/common/sm80_frag_mask.cuh"
 #include "cuda/sm80/common/sm80_frag_softmax.cuh"
@@ -44,18 +45,20 @@ struct FwdBlock {
     const int b = blockIdx.z;
     q_start = 0;
     sq = p.seqlen_q;
+    // Device-held lengths are clamped into the tensors (common/varlen.h): never out of bounds.
     if (p.cu_seqlens_q != nullptr) {
-      q_start = p.cu_seqlens_q[b];
-      sq = p.cu_seqlens_q[b + 1] - q_start;
+      const PackedRange r = packed_range(p.cu_seqlens_q, b, p.total_q, p.seqlen_q);
+      q_start = static_cast<int>(r.start), sq = r.len;
     }
     k_start = 0;
     sk = p.seqlen_k;
     if (p.cu_seqlens_k != nullptr) {
-      const int k0 = p.cu_seqlens_k[b];
-      sk = p.cu_seqlens_k[b + 1] - k0;
-      if (p.block_table == nullptr) k_start = k0;  // paged: only the lengths count
+      const bool paged = p.block_table != nullptr;  // paged: only the lengths count
+      const PackedRange r = packed_range(p.cu_seqlens_k, b, paged ? INT64_MAX : p.total_k, p.seqlen_k);
+      sk = r.len;
+      if (!paged) k_start = static_cast<int>(r.start);
     }
-    if (p.seqused_k != nullptr) sk = p.seqused_k[b];
+    if (p.seqused_k != nullptr) sk = max(0, min(p.seqused_k[b], sk));
   }
 
   // ---- cheap recomputed quantities ----
