@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include <cutlass/numeric_types.h>
@@ -16,7 +17,9 @@
 
 #if !defined(FLASH_FP16_ENABLED) && !defined(FLASH_BF16_ENABLED)
 #define FLASH_HDIM_64_ENABLED 1
+#define FLASH_HDIM_96_ENABLED 1
 #define FLASH_HDIM_128_ENABLED 1
+#define FLASH_HDIM_192_ENABLED 1
 #define FLASH_HDIM_256_ENABLED 1
 #define FLASH_FP16_ENABLED 1
 #define FLASH_BF16_ENABLED 1
@@ -37,13 +40,29 @@ bool built_for(DType dtype, int head_dim) {
 #if defined(FLASH_HDIM_64_ENABLED)
   hdim_ok |= head_dim == 64;
 #endif
+#if defined(FLASH_HDIM_96_ENABLED)
+  hdim_ok |= head_dim == 96;
+#endif
 #if defined(FLASH_HDIM_128_ENABLED)
   hdim_ok |= head_dim == 128;
+#endif
+#if defined(FLASH_HDIM_192_ENABLED)
+  hdim_ok |= head_dim == 192;
 #endif
 #if defined(FLASH_HDIM_256_ENABLED)
   hdim_ok |= head_dim == 256;
 #endif
   return dtype_ok && hdim_ok;
+}
+
+// FLASH_SM90_FWD_VARLEN=0 sends varlen calls to the sm80 path (an escape hatch while the sm90
+// varlen path is new); read once per process.
+bool varlen_disabled() {
+  static const bool disabled = [] {
+    const char* v = std::getenv("FLASH_SM90_FWD_VARLEN");
+    return v != nullptr && *v != '\0' && std::atoi(v) == 0;
+  }();
+  return disabled;
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -78,17 +97,24 @@ bool supports_fwd(const FwdParams& p, std::string* why) {
   if (p.device != Device::kCUDA) return fail(why, "device");
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
     return fail(why, "dtype");
-  if (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256)
+  if (p.head_dim != 64 && p.head_dim != 96 && p.head_dim != 128 && p.head_dim != 192 &&
+      p.head_dim != 256)
     return fail(why, "head_dim");
   if (!built_for(p.dtype, p.head_dim))  // instantiation filtered out of this build
     return fail(why, "head_dim");
-  // Not yet on this path (the sm80 path takes them): varlen, paged KV, dropout, S_dmask.
-  if (p.cu_seqlens_q != nullptr || p.cu_seqlens_k != nullptr || p.seqused_k != nullptr)
-    return fail(why, p.cu_seqlens_q != nullptr ? "cu_seqlens_q" : p.cu_seqlens_k != nullptr ? "cu_seqlens_k" : "seqused_k");
+  // Not yet on this path (the sm80 path takes them): paged KV, S_dmask.
   if (p.block_table != nullptr) return fail(why, "block_table");
-  if (p.dropout_p > 0.f) return fail(why, "dropout_p");
+  // Varlen: the TMA maps of k/v need their row count total_k (>= 1; a map cannot be empty).
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  if (varlen != (p.cu_seqlens_k != nullptr)) return fail(why, "cu_seqlens_k");
+  // seqused_k: rows between seqused_k and the sequence end are read by whole tiles and multiplied by
+  // P = 0; they may be uninitialised (NaN * 0 = NaN), so such calls take the sm80 path, which zero-fills.
+  if (p.seqused_k != nullptr) return fail(why, "seqused_k");
+  if (varlen && (p.total_k < 1 || p.total_k > INT32_MAX)) return fail(why, "total_k");
+  if (varlen && varlen_disabled()) return fail(why, "cu_seqlens_q");
+  if (p.dropout_p > 0.f && p.rng_state == nullptr) return fail(why, "rng_state");
   if (p.attn_probs != nullptr) return fail(why, "attn_probs");
-  if (p.seqlen_k <= 0) return fail(why, "seqlen_k");  // a TMA map cannot be empty
+  if (!varlen && p.seqlen_k <= 0) return fail(why, "seqlen_k");  // a TMA map cannot be empty
   if (p.nheads_k <= 0 || p.nheads % p.nheads_k != 0)
     return fail(why, "nheads_k");
   if (p.nheads > 65535 || p.batch > 65535)  // grid dimensions y and z
@@ -96,14 +122,18 @@ bool supports_fwd(const FwdParams& p, std::string* why) {
   // TMA: 16-byte aligned base, strides multiples of 16 bytes.
   if (!aligned16(p.q) || !aligned16(p.k) || !aligned16(p.v))
     return fail(why, !aligned16(p.q) ? "q" : !aligned16(p.k) ? "k" : "v");
-  if (!tma_stride_ok(p.q_row_stride, p.seqlen_q) || !tma_stride_ok(p.q_head_stride, p.nheads) ||
-      !tma_stride_ok(p.q_batch_stride, p.batch))
+  // Extents of the TMA maps (fwd_launch.h): varlen maps (total rows, d, heads, 1).
+  const int rows_q = varlen ? p.total_q : p.seqlen_q;
+  const int rows_k = varlen ? int(p.total_k) : p.seqlen_k;
+  const int tma_batch = varlen ? 1 : p.batch;
+  if (!tma_stride_ok(p.q_row_stride, rows_q) || !tma_stride_ok(p.q_head_stride, p.nheads) ||
+      !tma_stride_ok(p.q_batch_stride, tma_batch))
     return fail(why, "q");
-  if (!tma_stride_ok(p.k_row_stride, p.seqlen_k) || !tma_stride_ok(p.k_head_stride, p.nheads_k) ||
-      !tma_stride_ok(p.k_batch_stride, p.batch))
+  if (!tma_stride_ok(p.k_row_stride, rows_k) || !tma_stride_ok(p.k_head_stride, p.nheads_k) ||
+      !tma_stride_ok(p.k_batch_stride, tma_batch))
     return fail(why, "k");
-  if (!tma_stride_ok(p.v_row_stride, p.seqlen_k) || !tma_stride_ok(p.v_head_stride, p.nheads_k) ||
-      !tma_stride_ok(p.v_batch_stride, p.batch))
+  if (!tma_stride_ok(p.v_row_stride, rows_k) || !tma_stride_ok(p.v_head_stride, p.nheads_k) ||
+      !tma_stride_ok(p.v_batch_stride, tma_batch))
     return fail(why, "v");
   // The epilogue stores 2 adjacent elements (4 bytes) at a time.
   if ((reinterpret_cast<uintptr_t>(p.out) & 3u) != 0 || p.out_row_stride % 2 != 0 ||
@@ -115,6 +145,22 @@ bool supports_fwd(const FwdParams& p, std::string* why) {
 }
 
 size_t fwd_workspace_size(const FwdParams&) { return 0; }
+
+namespace {
+
+// d=128 calls without a window may take the 128 x 176 tile variant (fwd_traits.h, kWideN): off
+// by default, since on the H100 it measured 8-12 % slower than the 128 x 128 ping-pong tile
+// (2026-11-24, mid round: nc 16K 599 vs ~650 before; 148 B of spills). FLASH_SM90_FWD_WIDE_N=1
+// turns it on (for further tuning); read once per process.
+bool use_wide_n(const FwdParams& p) {
+  static const bool enabled = [] {
+    const char* v = std::getenv("FLASH_SM90_FWD_WIDE_N");
+    return v != nullptr && *v != '\0' && std::atoi(v) != 0;
+  }();
+  return enabled && p.window_left < 0 && p.window_right < 0;
+}
+
+}  // namespace
 
 void run_fwd(const FwdParams& p, void* stream_ptr) {
   auto stream = static_cast<cudaStream_t>(stream_ptr);
@@ -130,13 +176,35 @@ void run_fwd(const FwdParams& p, void* stream_ptr) {
 #endif
       break;
 #endif
+#if defined(FLASH_HDIM_96_ENABLED)
+    case 96:
+#if defined(FLASH_BF16_ENABLED)
+      if (bf16) return run_fwd_hdim<cutlass::bfloat16_t, 96>(p, stream);
+#endif
+#if defined(FLASH_FP16_ENABLED)
+      if (!bf16) return run_fwd_hdim<cutlass::half_t, 96>(p, stream);
+#endif
+      break;
+#endif
 #if defined(FLASH_HDIM_128_ENABLED)
     case 128:
 #if defined(FLASH_BF16_ENABLED)
+      if (bf16 && use_wide_n(p)) return run_fwd_hdim<cutlass::bfloat16_t, 128, true>(p, stream);
       if (bf16) return run_fwd_hdim<cutlass::bfloat16_t, 128>(p, stream);
 #endif
 #if defined(FLASH_FP16_ENABLED)
+      if (!bf16 && use_wide_n(p)) return run_fwd_hdim<cutlass::half_t, 128, true>(p, stream);
       if (!bf16) return run_fwd_hdim<cutlass::half_t, 128>(p, stream);
+#endif
+      break;
+#endif
+#if defined(FLASH_HDIM_192_ENABLED)
+    case 192:
+#if defined(FLASH_BF16_ENABLED)
+      if (bf16) return run_fwd_hdim<cutlass::bfloat16_t, 192>(p, stream);
+#endif
+#if defined(FLASH_FP16_ENABLED)
+      if (!bf16) return run_fwd_hdim<cutlass::half_t, 192>(p, stream);
 #endif
       break;
 #endif

@@ -15,6 +15,9 @@
 
 #include "fwd_block_range.h"
 #include "fwd_kernel_params.h"
+#include "fwd_dropout.h"
+#include "fwd_pingpong.h"
+#include "fwd_seqlen.h"
 #include "fwd_softmax.h"
 
 namespace flash::sm90 {
@@ -43,7 +46,6 @@ __device__ __forceinline__ void wgmma_gemm(TiledMma& mma, TA& tA, TB const& tB, 
 template <typename Traits, bool kModScores>
 __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
                                              typename Traits::SharedStorage& ss,
-                                             const MaskRule& rule,
                                              int tid /* 0 .. kNumConsumerThreads-1 */) {
   using namespace cute;
   using Element = typename Traits::Element;
@@ -55,10 +57,8 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
   auto thr_qk = mma_qk.get_thread_slice(tid);
   auto thr_pv = mma_pv.get_thread_slice(tid);
 
-  Tensor sQ = make_tensor(make_smem_ptr(ss.q), typename Traits::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(ss.k), typename Traits::SmemLayoutK{});
   Tensor sVt = make_tensor(make_smem_ptr(ss.v), typename Traits::SmemLayoutVt{});
-  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // wgmma descriptors (MMA, MMA_M, MMA_K)
   Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stages)
   Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stages)
 
@@ -86,13 +86,14 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
   auto full_v = [&](int s) -> Barrier& { return reinterpret_cast<Barrier&>(ss.full_v[s]); };
   auto empty_k = [&](int s) -> EmptyBarrier& { return reinterpret_cast<EmptyBarrier&>(ss.empty_k[s]); };
   auto empty_v = [&](int s) -> EmptyBarrier& { return reinterpret_cast<EmptyBarrier&>(ss.empty_v[s]); };
-  auto& full_q = reinterpret_cast<Barrier&>(ss.full_q);
-  auto& empty_q = reinterpret_cast<EmptyBarrier&>(ss.empty_q);
   constexpr int kStages = Traits::kStages;
+  const PingPong<Traits::kPingPongAvailable> pingpong{uint32_t(tid / 128), p.pingpong};
+  pingpong.start();
 
   // Pipeline state carried across the tiles of this CTA, counted exactly as the producer does:
   // the kv_iter-th key block this CTA visits uses K/V stage kv_iter % kStages with parity
-  // (kv_iter / kStages) & 1; the q_iter-th non-empty tile waits full_q on parity q_iter & 1.
+  // (kv_iter / kStages) & 1; the q_iter-th non-empty tile reads Q buffer q_iter % q_stages and
+  // waits its full_q on parity (q_iter / q_stages) & 1.
   int kv_iter = 0;
   uint32_t q_iter = 0;
   const TileSchedule& sched = p.sched;
@@ -101,6 +102,9 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
     for (int j = 0; j < tiles; ++j) {
       const TileCoord tc = sched.tile(unit, j);
       const int m_block = tc.m_block, bidh = tc.bidh, bidb = tc.bidb;
+      const SeqInfo si = seq_info(p, bidb);
+      if (m_block * kBlockM >= si.seqlen_q) continue;  // varlen: past this sequence's rows
+      const MaskRule rule = si.rule(p.window_left, p.window_right);
 
       Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
       clear(tOrO);
@@ -108,6 +112,18 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
       OnlineSoftmax<kRows> softmax(kModScores ? kLog2e : p.softmax_scale * kLog2e);
 
       const int row0 = m_block * kBlockM;
+      DropoutArgs drop{};
+      if constexpr (kModScores) {
+        if (p.dropout)
+          drop = DropoutArgs{p.rng_state[0], p.rng_state[1], uint32_t(bidb * p.nheads + bidh),
+                             p.keep_threshold};
+      }
+      // Dropout after the softmax (the row sums keep every probability), before P V.
+      auto dropout = [&](auto& S, int n_block) {
+        if constexpr (kModScores) {
+          if (p.dropout) apply_dropout(S, cS, row0, n_block * kBlockN, drop);
+        }
+      };
       float alibi_slope = 0.f;
       if constexpr (kModScores) {
         if (p.alibi_slopes != nullptr)
@@ -131,12 +147,18 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
           }
         }
         if (block_needs_mask<kBlockM, kBlockN>(rule, m_block, n_block)) {
+          // MaskRule::visible(row, key) is key in [first_key(row), end_key(row)) (keys are >= 0):
+          // the bounds are computed once per row, relative to the block, so each element costs two
+          // compares against a column offset that is a constant of the unrolled loop.
           CUTE_UNROLL
           for (int r = 0; r < size<0>(S); ++r) {
             const int row = row0 + get<0>(cS(r, 0));
+            const int lo = rule.first_key(row) - col0, hi = rule.end_key(row) - col0;
             CUTE_UNROLL
-            for (int c = 0; c < size<1>(S); ++c)
-              if (!rule.visible(row, col0 + get<1>(cS(r, c)))) S(r, c) = -INFINITY;
+            for (int c = 0; c < size<1>(S); ++c) {
+              const int col = get<1>(cS(r, c));
+              if (col < lo || col >= hi) S(r, c) = -INFINITY;
+            }
           }
         }
       };
@@ -148,7 +170,12 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
       };
       const KeyBlockRange range = key_block_range<kBlockM, kBlockN>(rule, m_block);
       if (range.n_min < range.n_max) {
-        full_q.wait(q_iter & 1);
+        const int qb = int(q_iter % uint32_t(p.q_stages));
+        auto& full_q = reinterpret_cast<Barrier&>(ss.full_q[qb]);
+        auto& empty_q = reinterpret_cast<EmptyBarrier&>(ss.empty_q[qb]);
+        Tensor sQ = make_tensor(make_smem_ptr(ss.q[qb]), typename Traits::SmemLayoutQ{});
+        Tensor tSrQ = thr_qk.partition_fragment_A(sQ);  // wgmma descriptors (MMA, MMA_M, MMA_K)
+        full_q.wait((q_iter / uint32_t(p.q_stages)) & 1);
         float correction[kRows];
         Tensor tOrP = make_tensor<Element>(PLayout{});
 
@@ -165,7 +192,9 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
             const uint32_t phase0 = (kv_iter / kStages) & 1;
             Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
             full_k(stage0).wait(phase0);
+            pingpong.wait_turn();
             wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage0), tSrS);
+            pingpong.pass_turn();
             warpgroup_wait<0>();
             warpgroup_fence_operand(tSrS);
             empty_k(stage0).arrive();
@@ -173,6 +202,7 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
             Tensor S = rowcol_view(tSrS);
             modify_and_mask(S, range.n_max - 1);
             softmax.scores_to_probs(S, correction);  // O is still 0: no rescale needed
+            dropout(S, range.n_max - 1);
             convert_p(tSrS, tOrP);
           }
           int it_prev = kv_iter;
@@ -182,9 +212,11 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
             const uint32_t phase = (it / kStages) & 1, phase_prev = (it_prev / kStages) & 1;
             Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
             full_k(stage).wait(phase);
+            full_v(stage_prev).wait(phase_prev);  // both data waits before taking the turn
+            pingpong.wait_turn();
             wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
-            full_v(stage_prev).wait(phase_prev);
             wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage_prev), tOrO);
+            pingpong.pass_turn();
             warpgroup_wait<1>();  // S of this block is ready; P V of the previous may still run
             warpgroup_fence_operand(tSrS);
             empty_k(stage).arrive();
@@ -192,6 +224,7 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
             Tensor S = rowcol_view(tSrS);
             modify_and_mask(S, n_block);
             softmax.scores_to_probs(S, correction);
+            dropout(S, n_block);
             warpgroup_wait<0>();  // P V done: O may be rescaled and tOrP overwritten
             warpgroup_fence_operand(tOrO);
             empty_v(stage_prev).arrive();
@@ -202,7 +235,9 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
           const int stage_prev = it_prev % kStages;
           const uint32_t phase_prev = (it_prev / kStages) & 1;
           full_v(stage_prev).wait(phase_prev);
+          pingpong.wait_turn();
           wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage_prev), tOrO);
+          pingpong.pass_turn();
           warpgroup_wait<0>();
           warpgroup_fence_operand(tOrO);
           empty_v(stage_prev).arrive();
@@ -223,6 +258,7 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
             Tensor S = rowcol_view(tSrS);
             modify_and_mask(S, n_block);
             softmax.scores_to_probs(S, correction);
+            dropout(S, n_block);
             OnlineSoftmax<kRows>::rescale(O, correction);  // the previous P V was waited for
             convert_p(tSrS, tOrP);
             full_v(stage).wait(phase);
@@ -237,14 +273,19 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
       }
 
       float lse[kRows];
-      softmax.finalize(O, lse);
+      softmax.finalize(O, lse, kModScores ? p.rp_dropout : 1.f);
 
       // ---- epilogue: O (2 adjacent columns per store) and LSE, rows >= seqlen_q skipped ----------
-      Element* out = p.out + bidb * p.out_batch_stride + bidh * p.out_head_stride;
+      // Varlen: row r of the sequence is row q_offset + r of out, and lse is (nheads, total_q).
+      const bool varlen = p.cu_seqlens_q != nullptr;
+      Element* out = p.out + (varlen ? int64_t(si.q_offset) * p.out_row_stride
+                                     : bidb * p.out_batch_stride) + bidh * p.out_head_stride;
+      float* lse_out = p.lse + (varlen ? int64_t(si.q_offset) : bidb * p.lse_batch_stride) +
+                       bidh * p.lse_head_stride;
       CUTE_UNROLL
       for (int r = 0; r < size<0>(O); ++r) {
         const int row = row0 + get<0>(cO(r, 0));
-        if (row >= p.seqlen_q) continue;
+        if (row >= si.seqlen_q) continue;
         Element* out_row = out + row * p.out_row_stride;
         CUTE_UNROLL
         for (int c = 0; c < size<1>(O); c += 2) {  // columns c, c+1 are adjacent (mode 0,0 of C)
@@ -255,10 +296,11 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
           *reinterpret_cast<cutlass::Array<Element, 2>*>(out_row + col) = pair;
         }
         if (tid % 4 == 0)
-          p.lse[bidb * p.lse_batch_stride + bidh * p.lse_head_stride + row] = lse[r];
+          lse_out[row] = lse[r];
       }
     }  // tiles of the unit
   }  // units of this CTA
+  pingpong.finish();
 }
 
 }  // namespace flash::sm90

@@ -26,7 +26,6 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 
   const int warp_idx = cutlass::canonical_warp_idx_sync();
   const int warpgroup_idx = cutlass::canonical_warp_group_idx();
-  const MaskRule rule{p.seqlen_q, p.seqlen_k, p.window_left, p.window_right};
 
   if (warp_idx == 0 && cute::elect_one_sync()) {
     cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
@@ -35,8 +34,10 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     using Barrier = cutlass::arch::ClusterBarrier;
     // Full barriers: one arrival (the producer's arrive_and_expect_tx) plus the TMA bytes.
     // Empty barriers: every consumer thread arrives once per use of the stage.
-    Barrier::init(&ss.full_q, 1);
-    Barrier::init(&ss.empty_q, Traits::kNumConsumerThreads);
+    for (int b = 0; b < Traits::kQStages; ++b) {
+      Barrier::init(&ss.full_q[b], 1);
+      Barrier::init(&ss.empty_q[b], Traits::kNumConsumerThreads);
+    }
     for (int s = 0; s < Traits::kStages; ++s) {
       Barrier::init(&ss.full_k[s], 1);
       Barrier::init(&ss.full_v[s], 1);
@@ -50,10 +51,10 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   if (warpgroup_idx == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (warp_idx == 0 && cute::elect_one_sync())
-      fwd_producer<Traits>(p, ss, rule);
+      fwd_producer<Traits>(p, ss);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
-    fwd_consumer<Traits, kModScores>(p, ss, rule, threadIdx.x - 128);
+    fwd_consumer<Traits, kModScores>(p, ss, threadIdx.x - 128);
   }
 #endif
 }

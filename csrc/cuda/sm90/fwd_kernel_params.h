@@ -33,10 +33,28 @@ struct FwdKernelParams {
   typename FwdTmaTypes<Traits>::TmaKV tma_k;
   typename FwdTmaTypes<Traits>::TmaKV tma_v;
 
-  int batch = 0, nheads = 0, nheads_k = 0, seqlen_q = 0, seqlen_k = 0;
+  int batch = 0, nheads = 0, nheads_k = 0, seqlen_q = 0, seqlen_k = 0;  // varlen: max lengths
+  // Extents of the TMA maps: (rows_q | rows_k, d, heads, tma_batch). Varlen: rows = total_q /
+  // total_k, tma_batch = 1 (sequences are row ranges of one tensor); else seqlen_q / seqlen_k, batch.
+  int rows_q = 0, rows_k = 0, tma_batch = 0;
+  const int* cu_seqlens_q = nullptr;  // varlen (both set) or fixed length (both nullptr)
+  const int* cu_seqlens_k = nullptr;
+  const int* seqused_k = nullptr;
   int head_ratio = 1;  // nheads / nheads_k (GQA/MQA group size)
   TileSchedule sched{};  // which query tiles each (persistent) CTA processes
   int window_left = -1, window_right = -1;  // -1 = unbounded; causal arrives as window_right = 0
+  // Tuning switches (fwd_launch.h sets them from Traits, or from FLASH_SM90_FWD_* environment
+  // variables for A/B measurements): Q buffers in use (1..Traits::kQStages) and warpgroup
+  // ping-pong (fwd_pingpong.h; needs Traits::kPingPongAvailable).
+  int q_stages = 1;
+  bool pingpong = false;
+
+  // Dropout (only in the kModScores instantiation): keep iff the element's Philox word is below
+  // keep_threshold (common/philox.h); O is scaled by rp_dropout = 1 / (1 - p) at the end.
+  bool dropout = false;
+  uint32_t keep_threshold = 0xFFFFFFFFu;
+  float rp_dropout = 1.f;
+  const uint64_t* rng_state = nullptr;  // {seed, offset} in device memory, read by the kernel
 
   float softmax_scale = 1.f;
   float softcap = 0.f;                   // 0: off

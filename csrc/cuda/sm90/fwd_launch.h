@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
+#include "common/philox.h"
 #include "flash/params.h"
 #include "fwd_kernel.h"
 #include "fwd_launch_decl.h"
@@ -38,6 +40,13 @@ Tma make_qkv_tma(const void* ptr, int rows, int heads, int batch, int64_t row_st
   return make_tma_copy(SM90_TMA_LOAD{}, g, smem, tile, _1{});
 }
 
+// Tuning switch from the environment (A/B measurements without a rebuild): the integer value of
+// `name`, or `fallback` when unset. Read once per process.
+inline int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return (v != nullptr && *v != '\0') ? std::atoi(v) : fallback;
+}
+
 inline void check_cuda(cudaError_t e, const char* what) {
   if (e != cudaSuccess)
     throw std::runtime_error(std::string("sm90 fwd: ") + what + ": " + cudaGetErrorString(e));
@@ -45,24 +54,30 @@ inline void check_cuda(cudaError_t e, const char* what) {
 
 }  // namespace detail
 
-template <typename Element, int kHeadDim>
+template <typename Element, int kHeadDim, bool kWideN>
 void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
-  using Traits = FwdTraits<Element, kHeadDim>;
+  using Traits = FwdTraits<Element, kHeadDim, kWideN>;
   using Tmas = FwdTmaTypes<Traits>;
   if (params.seqlen_q == 0 || params.batch == 0 || params.nheads == 0) return;
+  // Varlen: the sequences are row ranges of (total, heads, d) tensors, mapped as one batch entry.
+  const bool varlen = params.cu_seqlens_q != nullptr;
+  if (varlen && params.total_q == 0) return;
+  const int rows_q = varlen ? params.total_q : params.seqlen_q;
+  const int rows_k = varlen ? int(params.total_k) : params.seqlen_k;
+  const int tma_batch = varlen ? 1 : params.batch;
 
   const auto tile_q = Shape<Int<Traits::kBlockM>, Int<kHeadDim>>{};
   const auto tile_kv = Shape<Int<Traits::kBlockN>, Int<kHeadDim>>{};
   const auto smem_kv = take<0, 2>(typename Traits::SmemLayoutK{});
   FwdKernelParams<Traits> kp{
       detail::make_qkv_tma<Traits, typename Tmas::TmaQ>(
-          params.q, params.seqlen_q, params.nheads, params.batch, params.q_row_stride,
+          params.q, rows_q, params.nheads, tma_batch, params.q_row_stride,
           params.q_head_stride, params.q_batch_stride, typename Traits::SmemLayoutQ{}, tile_q),
       detail::make_qkv_tma<Traits, typename Tmas::TmaKV>(
-          params.k, params.seqlen_k, params.nheads_k, params.batch, params.k_row_stride,
+          params.k, rows_k, params.nheads_k, tma_batch, params.k_row_stride,
           params.k_head_stride, params.k_batch_stride, smem_kv, tile_kv),
       detail::make_qkv_tma<Traits, typename Tmas::TmaKV>(
-          params.v, params.seqlen_k, params.nheads_k, params.batch, params.v_row_stride,
+          params.v, rows_k, params.nheads_k, tma_batch, params.v_row_stride,
           params.v_head_stride, params.v_batch_stride, smem_kv, tile_kv),
   };
   kp.batch = params.batch;
@@ -71,6 +86,12 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
   kp.seqlen_q = params.seqlen_q;
   kp.seqlen_k = params.seqlen_k;
   kp.head_ratio = params.nheads / params.nheads_k;
+  kp.rows_q = rows_q;
+  kp.rows_k = rows_k;
+  kp.tma_batch = tma_batch;
+  kp.cu_seqlens_q = params.cu_seqlens_q;
+  kp.cu_seqlens_k = params.cu_seqlens_k;
+  kp.seqused_k = params.seqused_k;
   // Causal arrives as window_right = 0: any window makes the per-tile work depend on m_block.
   const bool windowed = params.window_left >= 0 || params.window_right >= 0;
   const int64_t num_m_blocks = (int64_t(params.seqlen_q) + Traits::kBlockM - 1) / Traits::kBlockM;
@@ -78,6 +99,12 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
     throw std::runtime_error("sm90 fwd: too many query tiles for the tile scheduler");
   kp.sched = make_tile_schedule(params.seqlen_q, Traits::kBlockM, params.nheads, params.batch,
                                 windowed);
+  // FLASH_SM90_FWD_Q_STAGES (1..kQStages) and FLASH_SM90_FWD_PINGPONG (0/1) override the
+  // compiled defaults; for benchmarking the two scheduling choices against each other.
+  static const int env_q_stages = detail::env_int("FLASH_SM90_FWD_Q_STAGES", Traits::kQStages);
+  static const int env_pingpong = detail::env_int("FLASH_SM90_FWD_PINGPONG", Traits::kPingPong);
+  kp.q_stages = std::max(1, std::min(env_q_stages, Traits::kQStages));
+  kp.pingpong = Traits::kPingPongAvailable && env_pingpong != 0;
   kp.window_left = params.window_left;
   kp.window_right = params.window_right;
   kp.softmax_scale = params.softmax_scale;
@@ -92,7 +119,13 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
   kp.lse_batch_stride = params.lse_batch_stride;
   kp.lse_head_stride = params.lse_head_stride;
 
-  const bool mod_scores = params.softcap > 0.f || params.alibi_slopes != nullptr;
+  kp.dropout = params.dropout_p > 0.f;
+  kp.keep_threshold = dropout_keep_threshold(params.dropout_p);
+  kp.rp_dropout = kp.dropout ? 1.f / (1.f - params.dropout_p) : 1.f;
+  kp.rng_state = params.rng_state;
+
+  // The lean instantiation has no score modifiers and no dropout at all.
+  const bool mod_scores = params.softcap > 0.f || params.alibi_slopes != nullptr || kp.dropout;
   auto kernel = mod_scores ? fwd_kernel<Traits, true> : fwd_kernel<Traits, false>;
   constexpr int kSmem = Traits::kSmemBytes;
   detail::check_cuda(
@@ -112,6 +145,9 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
 }  // namespace flash::sm90
 
 // One explicit instantiation per file in inst/.
-#define FLASH_SM90_INSTANTIATE_FWD(ELEMENT, HDIM)                                    \
-  template void flash::sm90::run_fwd_hdim<ELEMENT, HDIM>(const flash::FwdParams&, \
-                                                         cudaStream_t);
+#define FLASH_SM90_INSTANTIATE_FWD(ELEMENT, HDIM)                                           \
+  template void flash::sm90::run_fwd_hdim<ELEMENT, HDIM, false>(const flash::FwdParams&, \
+                                                                cudaStream_t);
+#define FLASH_SM90_INSTANTIATE_FWD_WIDE_N(ELEMENT, HDIM)                                   \
+  template void flash::sm90::run_fwd_hdim<ELEMENT, HDIM, true>(const flash::FwdParams&, \
+                                                               cudaStream_t);

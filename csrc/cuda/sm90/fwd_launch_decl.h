@@ -8,7 +8,8 @@
 
 namespace flash::sm90 {
 
-template <typename Element, int kHeadDim>
+// kWideN: the tile variant for calls without a window (fwd_traits.h; d=128 only).
+template <typename Element, int kHeadDim, bool kWideN = false>
 void run_fwd_hdim(const FwdParams& params, cudaStream_t stream);
 
 }  // namespace flash::sm90

@@ -96,14 +96,15 @@ struct OnlineSoftmax {
     }
   }
 
-  // Normalises O and returns the natural-log LSE of each row (+inf for a row without keys).
+  // Normalises O (times out_scale: 1 / (1 - p) with dropout) and returns the natural-log LSE of
+  // each row (+inf for a row without keys).
   template <typename TO>
-  __device__ __forceinline__ void finalize(TO& O, float (&lse)[kRows]) {
+  __device__ __forceinline__ void finalize(TO& O, float (&lse)[kRows], float out_scale = 1.f) {
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const float sum = quad_sum(row_sum[r]);
       const bool empty = !(sum > 0.f);  // also catches NaN
-      const float inv = empty ? 0.f : 1.f / sum;
+      const float inv = empty ? 0.f : out_scale / sum;
       lse[r] = empty ? INFINITY : (row_max[r] * scale_log2 + log2f(sum)) * 0.69314718055994531f;
 #pragma unroll
       for (int c = 0; c < size<1>(O); ++c) O(r, c) *= inv;

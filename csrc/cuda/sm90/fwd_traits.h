@@ -8,6 +8,8 @@
 #define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
 #endif
 
+#include <type_traits>
+
 #include <cute/tensor.hpp>
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
 #include <cute/atom/copy_traits_sm90_tma.hpp>
@@ -19,26 +21,71 @@ using namespace cute;
 
 // Per head dim: query rows per CTA, keys per pipeline stage, pipeline depth.
 // 128 rows = 2 consumer warpgroups x 64 rows (one wgmma M=64 each).
-template <int kHeadDim> struct FwdTileConfig;
-// 3 K/V stages where they fit (d=64: 16 + 3 x 32 KB; d=128: 32 + 3 x 64 KB = 224 KB): with the
-// persistent schedule the producer then runs a block further ahead, also into the next tile.
-template <> struct FwdTileConfig<64>  { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3; };
-template <> struct FwdTileConfig<128> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3; };
-// d=256: Q 64 KB + 2 x (K 40 KB + V 40 KB) = 224 KB of the 227 KB a CTA may have.
-template <> struct FwdTileConfig<256> { static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2; };
+// kQStages: Q buffers. With 2, the next tile's Q loads while the current tile still runs its
+// Q K^T (hides the Q load latency at every tile start; worth most where tiles are short).
+// kPingPong: the two consumer warpgroups take turns issuing their GEMMs (named barriers), so one
+// warpgroup's softmax runs while the other's GEMMs occupy the tensor cores (FA3's ping-pong).
+// kWideN: an opt-in variant for calls without a window (FLASH_SM90_FWD_WIDE_N=1, fwd_api.cu): wider
+// key blocks spread the per-block costs (row max/sum reductions, O rescale, barrier waits) over
+// more keys. Only d=128 has one (FA3's 128 x 176). Measured 8-12 % SLOWER than the 128 x 128
+// ping-pong tile on the H100 here (it spills ~150 B), hence off by default.
+template <int kHeadDim, bool kWideN = false> struct FwdTileConfig;
+// d=64: 2 Q x 16 KB + 3 x (K 16 KB + V 16 KB) = 128 KB; with 3 stages the producer runs a block
+// further ahead, also into the next tile.
+template <> struct FwdTileConfig<64, false> {
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3, kQStages = 2;
+  static constexpr bool kPingPong = true;
+};
+// d=96: 2 Q x 24 KB + 3 x (K 24 KB + V 24 KB) = 192 KB (rows of 192 bytes: 64-byte swizzle).
+template <> struct FwdTileConfig<96, false> {
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3, kQStages = 2;
+  static constexpr bool kPingPong = true;
+};
+// d=128 (every call unless FLASH_SM90_FWD_WIDE_N=1): 2 Q x 32 KB + 2 x (32 + 32 KB) = 192 KB.
+// A second Q buffer instead of a third K/V stage (both do not fit): at every tile start the Q load
+// latency is otherwise exposed, since the single buffer frees only after the previous tile's last
+// Q K^T; causal units are two tiles of 4.5 blocks on average at seqlen 1K.
+template <> struct FwdTileConfig<128, false> {
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2, kQStages = 2;
+  static constexpr bool kPingPong = true;
+};
+// d=128 without window: Q 32 KB + 2 x (K 44 KB + V 44 KB) = 208 KB.
+template <> struct FwdTileConfig<128, true> {
+  static constexpr int kBlockM = 128, kBlockN = 176, kStages = 2, kQStages = 1;
+  static constexpr bool kPingPong = true;
+};
+// d=192: Q 48 KB + 2 x (K 42 KB + V 42 KB) = 216 KB (FA3's 128 x 112). O alone takes 96
+// registers per thread, as at d=256: ping-pong off by default like there.
+template <> struct FwdTileConfig<192, false> {
+  static constexpr int kBlockM = 128, kBlockN = 112, kStages = 2, kQStages = 1;
+  static constexpr bool kPingPong = false;
+};
+// d=256: Q 64 KB + 2 x (K 40 KB + V 40 KB) = 224 KB of the 227 KB a CTA may have. No ping-pong:
+// a d=256 GEMM pair is long enough next to the softmax that the intra-warpgroup overlap hides it.
+template <> struct FwdTileConfig<256, false> {
+  static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2, kQStages = 1;
+  static constexpr bool kPingPong = false;
+};
 
-template <typename Element_, int kHeadDim_>
+template <typename Element_, int kHeadDim_, bool kWideN_ = false>
 struct FwdTraits {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
+  using Config = FwdTileConfig<kHeadDim_, kWideN_>;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = FwdTileConfig<kHeadDim>::kBlockM;
-  static constexpr int kBlockN = FwdTileConfig<kHeadDim>::kBlockN;
-  static constexpr int kStages = FwdTileConfig<kHeadDim>::kStages;
+  static constexpr bool kWideN = kWideN_;
+  static constexpr int kBlockM = Config::kBlockM;
+  static constexpr int kBlockN = Config::kBlockN;
+  static constexpr int kStages = Config::kStages;
+  static constexpr int kQStages = Config::kQStages;
 
   // Consumers issue Q K^T of block i+1 before the softmax of block i+1 and P V of block i
   // together, so the tensor cores work during the softmax (FA3's intra-warpgroup overlap).
   // false: the plain one-batch-at-a-time loop (simpler; kept to compare and to bisect bugs).
   static constexpr bool kIntraWgOverlap = true;
+  // Ping-pong is built on the overlapped loop's issue points (fwd_consumer.h): compiled in with it,
+  // on by default where the tile config says so (FLASH_SM90_FWD_PINGPONG=0/1 overrides, fwd_launch.h).
+  static constexpr bool kPingPongAvailable = kIntraWgOverlap;
+  static constexpr bool kPingPong = Config::kPingPong && kPingPongAvailable;
 
   static constexpr int kNumConsumerWarpgroups = 2;
   static constexpr int kNumConsumerThreads = 128 * kNumConsumerWarpgroups;
@@ -47,12 +94,15 @@ struct FwdTraits {
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
 
-  static_assert(kHeadDim % 64 == 0, "128-byte swizzle needs rows of a multiple of 64 halves");
+  static_assert(kHeadDim % 32 == 0, "rows must be a multiple of the 64-byte swizzle (32 halves)");
   static_assert(kBlockN % 16 == 0, "P as the A operand of P*V needs k-blocks of 16 keys");
   static_assert(kBlockM == 64 * kNumConsumerWarpgroups, "each consumer warpgroup owns 64 rows");
 
-  // ---- shared-memory layouts (all K-major with the 128-byte swizzle, which TMA writes) --------
-  using SmemAtom = GMMA::Layout_K_SW128_Atom<Element>;  // 8 rows x 64 elements
+  // ---- shared-memory layouts (all K-major, swizzled as TMA writes them) ----------------------
+  // The 128-byte swizzle (8 rows x 64 elements) where the row length allows it, else the 64-byte
+  // one (8 rows x 32 elements; d=96). TMA then issues one box per 64 (32) columns.
+  using SmemAtom = std::conditional_t<kHeadDim % 64 == 0, GMMA::Layout_K_SW128_Atom<Element>,
+                                      GMMA::Layout_K_SW64_Atom<Element>>;
   using SmemLayoutQ = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
   using SmemLayoutK =
       decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
@@ -78,11 +128,11 @@ struct FwdTraits {
   struct SharedStorage {
     // 1024-byte alignment: the 128B swizzle pattern repeats every 8 rows x 128 B, and both TMA and
     // the wgmma descriptors assume each tile starts on that boundary.
-    alignas(1024) Element q[cosize_v<SmemLayoutQ>];
+    alignas(1024) Element q[kQStages][cosize_v<SmemLayoutQ>];  // 16 KB multiples: stays 1024-aligned
     alignas(1024) Element k[cosize_v<SmemLayoutK>];
     alignas(1024) Element v[cosize_v<SmemLayoutV>];
-    alignas(8) uint64_t full_q;           // Q tile landed (TMA transaction count)
-    alignas(8) uint64_t empty_q;          // all consumer threads done with Q K^T of the tile
+    alignas(8) uint64_t full_q[kQStages];  // Q tile landed (TMA transaction count)
+    alignas(8) uint64_t empty_q[kQStages]; // all consumer threads done with Q K^T of the tile
     alignas(8) uint64_t full_k[kStages];  // K stage landed
     alignas(8) uint64_t full_v[kStages];  // V stage landed
     alignas(8) uint64_t empty_k[kStages]; // all consumer threads done reading the K stage

@@ -32,13 +32,22 @@ def schedule(M, H, B, paired, G):
         per.append(tl)
     return per
 
-def run(tiles, nblocks, stages, overlap, seed):
+def run(tiles, nblocks, stages, overlap, seed, qstages=1, pingpong=False):
     rnd = random.Random(seed)
     NC = 2  # consumer WGs, 128 arrivals each -> count 2 here
-    full_q = Bar(1); empty_q = Bar(NC)
+    full_q = [Bar(1) for _ in range(qstages)]; empty_q = [Bar(NC) for _ in range(qstages)]
+    # Ping-pong tokens (fwd_pingpong.h): named barrier per WG; tok[w] = pending arrivals of the
+    # other WG. The hardware barrier would over-count a second arrival before the wait: assert.
+    tok = [0, 0]
+    def pp_arrive(w):
+        assert tok[w] == 0, ("named barrier over-arrived", w)
+        tok[w] = 1
+    def pp_wait(w):
+        while tok[w] == 0: yield
+        tok[w] = 0
     full_k = [Bar(1) for _ in range(stages)]; full_v = [Bar(1) for _ in range(stages)]
     empty_k = [Bar(NC) for _ in range(stages)]; empty_v = [Bar(NC) for _ in range(stages)]
-    buf = {'q': None}
+    buf = {('q',b): None for b in range(qstages)}
     for s in range(stages): buf[('k',s)] = None; buf[('v',s)] = None
     inflight = []  # (bufname, content, barrier)
     readers = {}   # bufname -> set of (wg) still holding
@@ -52,9 +61,10 @@ def run(tiles, nblocks, stages, overlap, seed):
                 full_k[stage].expect_tx(1); full_k[stage].arrive()
                 inflight.append((('k',stage), (t, i), full_k[stage]))
                 if i == 0:
-                    while not empty_q.passes((ql & 1) ^ 1): yield
-                    full_q.expect_tx(1); full_q.arrive()
-                    inflight.append(('q', t, full_q)); ql += 1
+                    qb, qp = ql % qstages, (ql // qstages) & 1
+                    while not empty_q[qb].passes(qp ^ 1): yield
+                    full_q[qb].expect_tx(1); full_q[qb].arrive()
+                    inflight.append((('q',qb), t, full_q[qb])); ql += 1
                 while not empty_v[stage].passes(phase ^ 1): yield
                 full_v[stage].expect_tx(1); full_v[stage].arrive()
                 inflight.append((('v',stage), (t, i), full_v[stage]))
@@ -70,34 +80,44 @@ def run(tiles, nblocks, stages, overlap, seed):
     def cons(wg):
         kv, qi = 0, 0
         out = []
+        if pingpong and wg == 1: pp_arrive(0)  # start: WG 0 issues first
+        def turn():  # wait for this WG's turn (data waits are done before)
+            if pingpong: yield from pp_wait(wg)
+        def pass_turn():
+            if pingpong: pp_arrive(wg ^ 1)
         for t in tiles:
             n = nblocks(t)
             if n == 0: out.append(t); continue
-            while not full_q.passes(qi & 1): yield
-            hold('q', wg, t)
+            qb, qp = qi % qstages, (qi // qstages) & 1
+            Q = ('q', qb)
+            while not full_q[qb].passes(qp): yield
+            hold(Q, wg, t)
             if overlap:
                 s0, p0 = kv % stages, (kv // stages) & 1
                 while not full_k[s0].passes(p0): yield
-                hold(('k',s0), wg, (t,0)); yield
+                yield from turn()
+                hold(('k',s0), wg, (t,0)); pass_turn(); yield
                 release(('k',s0), wg, (t,0), empty_k[s0])
-                if n == 1: release('q', wg, t, empty_q)
+                if n == 1: release(Q, wg, t, empty_q[qb])
                 prev = kv
                 for i in range(1, n):
                     it = prev + 1
                     s, p = it % stages, (it // stages) & 1
                     sp, pp = prev % stages, (prev // stages) & 1
                     while not full_k[s].passes(p): yield
-                    hold(('k',s), wg, (t,i))
                     while not full_v[sp].passes(pp): yield
-                    hold(('v',sp), wg, (t,i-1)); yield
+                    yield from turn()
+                    hold(('k',s), wg, (t,i))
+                    hold(('v',sp), wg, (t,i-1)); pass_turn(); yield
                     release(('k',s), wg, (t,i), empty_k[s])
-                    if i == n-1: release('q', wg, t, empty_q)
+                    if i == n-1: release(Q, wg, t, empty_q[qb])
                     yield
                     release(('v',sp), wg, (t,i-1), empty_v[sp])
                     prev = it
                 sp, pp = prev % stages, (prev // stages) & 1
                 while not full_v[sp].passes(pp): yield
-                hold(('v',sp), wg, (t,n-1)); yield
+                yield from turn()
+                hold(('v',sp), wg, (t,n-1)); pass_turn(); yield
                 release(('v',sp), wg, (t,n-1), empty_v[sp])
                 kv = prev + 1
             else:
@@ -107,7 +127,7 @@ def run(tiles, nblocks, stages, overlap, seed):
                     while not full_k[s].passes(p): yield
                     hold(('k',s), wg, (t,i)); yield
                     release(('k',s), wg, (t,i), empty_k[s])
-                    if i == n-1: release('q', wg, t, empty_q)
+                    if i == n-1: release(Q, wg, t, empty_q[qb])
                     while not full_v[s].passes(p): yield
                     hold(('v',s), wg, (t,i)); yield
                     release(('v',s), wg, (t,i), empty_v[s])
@@ -115,6 +135,7 @@ def run(tiles, nblocks, stages, overlap, seed):
                     if s == stages: s = 0; p ^= 1
             qi += 1
             out.append(t); yield
+        if pingpong and wg == 0: yield from pp_wait(0)  # end: consume WG 1's last pass
         res[wg] = out
     res = {}
     gens = [prod(), cons(0), cons(1)]
@@ -136,6 +157,7 @@ def run(tiles, nblocks, stages, overlap, seed):
             except StopIteration: alive[c] = False
         if not any(alive[1:]) and not alive[0] and not inflight: break
     assert res[0] == tiles and res[1] == tiles
+    assert tok == [0, 0], ("ping-pong tokens left over", tok)
     return steps
 
 def nb_causal(M, bm, bn, sq, sk):
@@ -157,9 +179,11 @@ for seed in range(300):
     G = r.choice([1,2,3,5,132])
     stages = r.choice([2,3])
     overlap = r.random() < 0.7
+    qstages = r.choice([1, 2])
+    pingpong = overlap and r.random() < 0.7
     nb = nb_causal(M,bm,bn,sq,sk) if causal else (lambda t: (sk+bn-1)//bn)
     for tl in schedule(M, H, B, causal, G):
-        run(tl, nb, stages, overlap, seed); cnt += 1
+        run(tl, nb, stages, overlap, seed, qstages, pingpong); cnt += 1
 # coverage check of the schedule
 for M in range(1, 20):
     for paired in (False, True):

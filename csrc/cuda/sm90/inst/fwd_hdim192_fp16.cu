@@ -1,0 +1,4 @@
+// sm90 forward, head_dim 192, fp16.
+#include "cuda/sm90/fwd_launch.h"
+
+FLASH_SM90_INSTANTIATE_FWD(cutlass::half_t, 192)
