@@ -84,8 +84,12 @@ list(APPEND SM80_SOURCES ${KVCACHE_SOURCES})
 # The rotary kernel is plain CUDA C++ and rides along with the same architectures.
 file(GLOB ROTARY_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/csrc/rotary/*.cu)
 list(APPEND SM80_SOURCES ${ROTARY_CUDA_SOURCES})
+# So do the fused ops (cross-entropy, norms, the cuBLASLt GEMM, which dlopens libcublasLt).
+file(GLOB OPS_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/csrc/ops/cuda/*.cu)
+list(APPEND SM80_SOURCES ${OPS_CUDA_SOURCES})
 flash_filter_instantiations(SM80_INST ${SM80_INST})
 flash_cuda_library(flash_attn_sm80 "${SM80_GENCODES}" ${SM80_SOURCES} ${SM80_INST})
+target_link_libraries(flash_attn_sm80 PUBLIC ${CMAKE_DL_LIBS})
 
 # Hopper path.
 file(GLOB SM90_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/csrc/cuda/sm90/*.cu)

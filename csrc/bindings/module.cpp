@@ -18,6 +18,9 @@ namespace nb = nanobind;
 void bind_rotary(nb::module_& m);
 #endif
 
+// Defined in bind_ops.cpp: the fused ops of include/flash/ops.h (cross-entropy, norms, GEMM).
+void bind_ops(nb::module_& m);
+
 namespace {
 
 // Pointer fields are exposed as Python ints (0 == nullptr). A macro keeps the 30-odd pointer
@@ -78,7 +81,8 @@ void bind_fwd_params(nb::module_& m) {
       .def_rw("nheads", &P::nheads)
       .def_rw("nheads_k", &P::nheads_k)
       .def_rw("head_dim", &P::head_dim)
-      .def_rw("total_q", &P::total_q);
+      .def_rw("total_q", &P::total_q)
+      .def_rw("total_k", &P::total_k);
 
   FLASH_PTR_FIELD(c, P, cu_seqlens_q);
   FLASH_PTR_FIELD(c, P, cu_seqlens_k);
@@ -198,4 +202,5 @@ NB_MODULE(_C, m) {
 #ifdef FLASH_ATTN_WITH_ROTARY
   bind_rotary(m);
 #endif
+  bind_ops(m);
 }
