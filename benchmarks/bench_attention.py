@@ -9,7 +9,6 @@ Progress and skipped implementations go to stderr; the file is rewritten after e
 run stopped by a time limit keeps what it measured. See benchmarks/README.md for the fields.
 """
 import argparse
-import math
 import os
 import sys
 import time
@@ -22,10 +21,9 @@ import torch  # noqa: E402
 
 from bench_decode import run_decode_grid  # noqa: E402
 from ceilings import measure_ceilings  # noqa: E402
-from peers import ALL_IMPLS, available_impls, last_impl  # noqa: E402
-from results_io import (DTYPE_NAMES, DTYPES_BY_NAME, ResultFile, default_out_path, log,  # noqa: E402
-                        op_flops, round_sig)
-from timing import num_input_sets, time_attention_op  # noqa: E402
+from peers import ALL_IMPLS, available_impls  # noqa: E402
+from bench_training import run_training, training_configs  # noqa: E402
+from results_io import DTYPES_BY_NAME, ResultFile, default_out_path, log  # noqa: E402
 
 GPU_IMPLS = "ours,ours_sm80,ours_sm90,torch_flash,cudnn,efficient,flex"
 CPU_IMPLS = "ours,torch_cpu"
@@ -33,79 +31,17 @@ OPS = ["fwd", "bwd", "fwd_bwd"]
 
 
 # ---------------------------------------------------------------------------------------------
-# Training grid
+# Training grid (bench_training.py), without a time budget beyond --max-minutes
 # ---------------------------------------------------------------------------------------------
-def training_configs(args):
-    """(dtype, hdim, causal, seqlen, batch, nheads): batch = tokens / seqlen, nheads = dim / hdim."""
-    configs = []
-    for dtype in args.dtypes:
-        for hdim in args.hdims:
-            for causal in args.causal:
-                for seqlen in args.seqlens:
-                    batch = max(1, args.tokens // seqlen)
-                    nheads = max(1, args.model_dim // hdim)
-                    configs.append((dtype, hdim, causal, seqlen, batch, nheads))
-    return configs
-
-
-def _make_inputs(batch, seqlen, nheads, hdim, dtype, device):
-    """Random inputs (never zeros: a kernel can skip or saturate on them), leaves with grad."""
-    shape = (batch, seqlen, nheads, hdim)
-    return {name: torch.randn(shape, device=device, dtype=dtype).requires_grad_()
-            for name in ("q", "k", "v")}
-
-
-def _math_fits(device, batch, nheads, seqlen, elem):
-    """The math backend materialises scores, probs and their grads: skip it when that cannot fit."""
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info(device)
-    need = batch * nheads * seqlen * seqlen * (4 + elem) * 3
-    return need < 0.6 * free
-
-
 def run_training_grid(args, device, impls, results, notes, deadline_passed):
-    for dtype, hdim, causal, seqlen, batch, nheads in training_configs(args):
+    configs = training_configs(args.dtypes, args.hdims, args.causal, args.seqlens, args.tokens,
+                               args.model_dim)
+    for i, config in enumerate(configs):
         if deadline_passed():
-            log("[training] time budget reached; stopping")
+            log(f"[training] time budget reached; stopping ({len(configs) - i} configs not run)")
+            notes.append({"reason": f"--max-minutes reached: {len(configs) - i} configs not run"})
             return
-        elem = torch.tensor([], dtype=dtype).element_size()
-        set_bytes = 5 * batch * seqlen * nheads * hdim * elem  # q, k, v, out, dout
-        try:
-            sets = [_make_inputs(batch, seqlen, nheads, hdim, dtype, device)
-                    for _ in range(num_input_sets(set_bytes, device))]
-        except torch.cuda.OutOfMemoryError as exc:
-            notes.append({"hdim": hdim, "seqlen": seqlen, "reason": f"OOM making inputs: {exc}"[:300]})
-            continue
-        scale = 1.0 / math.sqrt(hdim)
-        base = {"dtype": DTYPE_NAMES[dtype], "hdim": hdim, "causal": causal, "batch": batch,
-                "seqlen_q": seqlen, "seqlen_k": seqlen, "nheads": nheads, "nheads_kv": nheads}
-        for impl in impls:
-            if impl.name == "math" and not _math_fits(device, batch, nheads, seqlen, elem):
-                notes.append(dict(base, impl="math", reason="would not fit in free GPU memory"))
-                continue
-            for op in args.ops:
-                label = (f"{op} {base['dtype']} d={hdim} causal={int(causal)} s={seqlen} b={batch} "
-                         f"h={nheads} {impl.name}")
-                try:
-                    timing = time_attention_op(op, impl, sets, causal, scale, device)
-                except Exception as exc:
-                    log(f"[skip] {label}: {exc!r}"[:400])
-                    notes.append(dict(base, op=op, impl=impl.name, reason=repr(exc)[:300]))
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    continue
-                flops = op_flops(op, batch, seqlen, seqlen, nheads, hdim, causal)
-                row = dict(base, op=op, impl=impl.name, ms=round_sig(timing.ms),
-                           tflops=round_sig(flops / (timing.ms * 1e-3) / 1e12))
-                if impl.name.startswith("ours"):
-                    row["path"] = last_impl()
-                log(f"{label}: {row['ms']} ms, {row['tflops']} TFLOP/s")
-                results.add(row)
-        del sets
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        results.save()
+        run_training([config], impls, args.ops, device, results, notes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,15 +15,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results_io import ResultFile, default_out_path, log, round_sig  # noqa: E402
 from timing import time_fn  # noqa: E402
 
-from flash_attn.layers.rotary import apply_rotary_emb  # noqa: E402
 
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out")
-    args = ap.parse_args()
-    dev = torch.device("cuda")
-    res = ResultFile(args.out or default_out_path(dev, "rotary"), dev)
+def run_rotary(dev, res):
+    """Rows into ResultFile `res` (suite.py calls this too); CUDA only."""
+    from flash_attn.layers.rotary import apply_rotary_emb
     b, s, h, d, dtype = 8, 4096, 32, 128, torch.bfloat16
     x = torch.randn(b, s, h, d, device=dev, dtype=dtype)
     out = torch.empty_like(x)
@@ -45,6 +40,15 @@ def main():
             log(f"rotary interleaved={interleaved} inplace={inplace}: {t.ms:.3f} ms {tbps:.2f} TB/s "
                 f"(copy {copy.ms:.3f} ms)")
     res.save()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    res = ResultFile(args.out or default_out_path(dev, "rotary"), dev)
+    run_rotary(dev, res)
     print("wrote", res.path)
 
 

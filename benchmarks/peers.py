@@ -89,6 +89,11 @@ class Ours:
     def attention(self, q, k, v, causal, scale):
         return self.fa.flash_attn_func(q, k, v, softmax_scale=scale, causal=causal)
 
+    def varlen_attention(self, q, k, v, cu_seqlens, max_seqlen, causal, scale):
+        """Packed (total, nheads, hdim) tensors, one cu_seqlens for q and k (self-attention)."""
+        return self.fa.flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+                                              softmax_scale=scale, causal=causal)
+
     def decode(self, q, k_cache, v_cache, cache_seqlens, block_table, scale):
         return self.fa.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=cache_seqlens,
                                                block_table=block_table, softmax_scale=scale,
@@ -201,8 +206,12 @@ class Flex:
     def attention(self, q, k, v, causal, scale):
         sq, sk = q.shape[1], k.shape[1]
         mask = _causal_block_mask(sq, sk, str(q.device)) if causal else None
+        return self.attention_block_mask(q, k, v, mask, scale)
+
+    def attention_block_mask(self, q, k, v, block_mask, scale):
+        """BSHD tensors, any BlockMask (None: dense), e.g. a document mask over packed sequences."""
         out = _compiled_flex()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                               block_mask=mask, scale=scale, enable_gqa=q.shape[2] != k.shape[2])
+                               block_mask=block_mask, scale=scale, enable_gqa=q.shape[2] != k.shape[2])
         return out.transpose(1, 2)
 
     def decode(self, q, k_cache, v_cache, cache_seqlens, block_table, scale):

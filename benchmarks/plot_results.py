@@ -3,11 +3,14 @@
     python benchmarks/plot_results.py benchmarks/results/h100-attention.json benchmarks/results/h100-decode.json
     python benchmarks/plot_results.py results.json --outdir /tmp/plots
 
-Training rows (op fwd / bwd / fwd_bwd / varlen_*): one figure per (op, dtype), a subplot grid of
+Training rows (op fwd / bwd / fwd_bwd): one figure per (op, dtype), a subplot grid of
 hdim (rows) x causal (columns), TFLOP/s against seqlen on a log2 axis, one line per implementation.
+Varlen rows (varlen_*): bars of useful TFLOP/s per length mix, a subplot per op x causal.
+Memory rows (op memory): peak GiB against seqlen, log-log, out-of-memory attempts marked OOM.
 Decode rows: one figure of grouped bars, TB/s per (batch, context) and implementation, paged caches
 hatched, the measured copy ceiling dashed. Figures are named <json stem>-<op>-<dtype>.png and
-<json stem>-decode.png (just <json stem>.png when the stem already ends in "decode"). Every number
+<json stem>-decode.png (just <json stem>.png when the stem already ends in "decode"; likewise
+-varlen.png and -memory.png). Every number
 drawn is read from the JSON; nothing is typed in by hand.
 """
 import argparse
@@ -26,14 +29,18 @@ IMPL_STYLE = {
 }
 IMPL_ORDER = list(IMPL_STYLE)
 PAGE_HATCH = {None: "", 16: "//", 256: "xx"}  # other page sizes get ".."
+LAYOUT_HATCH = {"padded": "//", "nested": ".."}  # varlen peers; packed (ours, flex) is plain
 
 
 def impl_rank(impl):
-    return IMPL_ORDER.index(impl) if impl in IMPL_ORDER else len(IMPL_ORDER)
+    base = impl.replace("_nested", "")
+    rank = IMPL_ORDER.index(base) if base in IMPL_ORDER else len(IMPL_ORDER)
+    return rank + (0.5 if base != impl else 0)
 
 
 def impl_style(impl):
-    return IMPL_STYLE.get(impl, ("#000000", "*"))
+    """A peer's nested-tensor variant (e.g. torch_flash_nested) shares the peer's colour."""
+    return IMPL_STYLE.get(impl, IMPL_STYLE.get(impl.replace("_nested", ""), ("#000000", "*")))
 
 
 def header_line(data):
@@ -149,20 +156,122 @@ def plot_decode(plt, data, rows, stem, outdir):
     return [path]
 
 
+def plot_varlen(plt, data, rows, stem, outdir):
+    """Grouped bars: useful TFLOP/s per length mix (x) and implementation (bars); a subplot per
+    op (rows) and causal (columns). Padded peers (they compute on the padding) and nested-tensor
+    peers are hatched."""
+    ops = [op for op in ("varlen_fwd", "varlen_bwd", "varlen_fwd_bwd") if any(r["op"] == op for r in rows)]
+    ops += sorted({r["op"] for r in rows} - set(ops))
+    causals = sorted({bool(r["causal"]) for r in rows})
+    mixes = list(dict.fromkeys(r["mix"] for r in rows))
+    impls = sorted({r["impl"] for r in rows}, key=impl_rank)
+    width = 0.85 / max(1, len(impls))
+    fig, axes = plt.subplots(len(ops), len(causals), squeeze=False,
+                             figsize=(max(6.0, 0.5 * len(impls) * len(mixes) + 2) * len(causals),
+                                      3.2 * len(ops) + 1.2))
+    for i, op in enumerate(ops):
+        for j, causal in enumerate(causals):
+            ax = axes[i][j]
+            cell = {(r["mix"], r["impl"]): r for r in rows if r["op"] == op and bool(r["causal"]) == causal}
+            for k, impl in enumerate(impls):
+                xs, ys, layout = [], [], None
+                for g, mix in enumerate(mixes):
+                    r = cell.get((mix, impl))
+                    if r is not None:
+                        xs.append(g - 0.425 + width * (k + 0.5))
+                        ys.append(r["tflops"])
+                        layout = r.get("layout")
+                color, _ = impl_style(impl)
+                ax.bar(xs, ys, width, color=color, edgecolor="black", linewidth=0.4,
+                       hatch=LAYOUT_HATCH.get(layout, ""),
+                       label=impl_label(impl, [r for r in rows if r["impl"] == impl]) +
+                       (f" ({layout})" if layout in LAYOUT_HATCH else ""))
+            ax.set_xticks(range(len(mixes)))
+            labels = []
+            for mix in mixes:
+                r = next((r for r in rows if r["mix"] == mix), None)
+                labels.append(f"{mix}\n{r['batch']} seqs, max {r['seqlen_q']}" if r else mix)
+            ax.set_xticklabels(labels, fontsize=8)
+            ax.set_ylabel("useful TFLOP/s")
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.set_title(f"{op}, {'causal' if causal else 'non-causal'}", fontsize=10)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    r0 = rows[0]
+    fig.suptitle(f"Varlen (mixed lengths, {r0['total_tokens']} tokens): {r0['dtype']}, hdim {r0['hdim']}, "
+                 f"{r0['nheads']} heads; ours packed, SDPA peers padded (//) or nested (..), flex document mask"
+                 f"\n{header_line(data)}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path = os.path.join(outdir, f"{stem}.png" if stem.endswith("varlen") else f"{stem}-varlen.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def plot_memory(plt, data, rows, stem, outdir):
+    """Peak GiB of one fwd+bwd against seqlen (log-log), one line per implementation; an
+    out-of-memory attempt is drawn as a cross on the top edge, labelled OOM."""
+    fig, ax = plt.subplots(figsize=(8.0, 5.2))
+    oom_marks = []
+    for impl in sorted({r["impl"] for r in rows}, key=impl_rank):
+        mine = sorted((r for r in rows if r["impl"] == impl), key=lambda r: r["seqlen_q"])
+        pts = [(r["seqlen_q"], r["peak_mib"] / 1024) for r in mine if r.get("peak_mib") is not None]
+        color, marker = impl_style(impl)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, marker=marker,
+                    linewidth=2.2 if impl == "ours" else 1.4, label=impl, zorder=4 if impl == "ours" else 2)
+        else:
+            ax.plot([], [], color=color, marker=marker, label=impl)
+        oom_marks += [(r["seqlen_q"], color) for r in mine if r.get("oom")]
+    values = [r["peak_mib"] / 1024 for r in rows if r.get("peak_mib") is not None]
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    seqlens = sorted({r["seqlen_q"] for r in rows})
+    ax.set_xticks(seqlens)
+    ax.set_xticklabels([f"{s // 1024}K" if s >= 1024 else str(s) for s in seqlens])
+    if values:
+        top = max(values) * 3
+        ax.set_ylim(min(values) / 2, top)
+        for seqlen, color in oom_marks:
+            ax.plot([seqlen], [top / 1.25], marker="X", markersize=11, color=color, linestyle="none")
+            ax.annotate("OOM", (seqlen, top / 1.25), textcoords="offset points", xytext=(0, -16),
+                        ha="center", fontsize=8, color=color)
+    ax.set_xlabel("seqlen (batch 1)")
+    ax.set_ylabel("peak GiB during one fwd+bwd (inputs, outputs, workspace)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=9, loc="upper left")
+    r0 = rows[0]
+    ax.set_title(f"Peak memory vs seqlen: {r0['dtype']}, hdim {r0['hdim']}, {r0['nheads']} heads, "
+                 f"causal={r0['causal']}\n{header_line(data)}", fontsize=10)
+    fig.tight_layout()
+    path = os.path.join(outdir, f"{stem}.png" if stem.endswith("memory") else f"{stem}-memory.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 def plot_file(plt, json_path, outdir):
     with open(json_path) as f:
         data = json.load(f)
     stem = os.path.splitext(os.path.basename(json_path))[0]
     rows = data.get("rows", [])
     decode = [r for r in rows if r.get("op") == "decode" and r.get("tbps") is not None]
-    training = [r for r in rows if r.get("op") != "decode" and r.get("tflops") is not None]
+    varlen = [r for r in rows if str(r.get("op")).startswith("varlen_") and r.get("tflops") is not None]
+    memory = [r for r in rows if r.get("op") == "memory"]
+    training = [r for r in rows if r.get("op") != "decode" and r.get("tflops") is not None
+                and r not in varlen]
     written = []
     if training:
         written += plot_training(plt, data, training, stem, outdir)
     if decode:
         written += plot_decode(plt, data, decode, stem, outdir)
+    if varlen:
+        written += plot_varlen(plt, data, varlen, stem, outdir)
+    if memory:
+        written += plot_memory(plt, data, memory, stem, outdir)
     if not written:
-        print(f"{json_path}: no training (tflops) or decode (tbps) rows to plot", file=sys.stderr)
+        print(f"{json_path}: no training (tflops), decode (tbps), varlen or memory rows to plot",
+              file=sys.stderr)
     return written
 
 

@@ -62,7 +62,8 @@ def group_configs(rows, key_fields):
     return configs
 
 
-TRAIN_KEY = ("op", "dtype", "hdim", "causal", "seqlen_q", "seqlen_k", "batch", "nheads", "nheads_kv")
+TRAIN_KEY = ("op", "dtype", "hdim", "causal", "seqlen_q", "seqlen_k", "batch", "nheads", "nheads_kv",
+             "mix")  # mix: varlen rows' length distribution (None for the fixed-length grid)
 
 
 def training_table(rows, markdown):
@@ -90,6 +91,8 @@ def training_table(rows, markdown):
         best = max(peers) if peers else None
         seqlen = str(k["seqlen_q"]) if k["seqlen_q"] == k["seqlen_k"] else \
             f"{k['seqlen_q']}/{k['seqlen_k']}"
+        if k["mix"]:  # varlen: the distribution, number of sequences and the longest one
+            seqlen = f"{k['mix']}: {k['batch']} seqs, max {seqlen}"
         lines.append([k["op"], k["dtype"], str(k["hdim"]), "yes" if k["causal"] else "no", seqlen,
                       ours_cell, fmt(tf("ours_sm80")), fmt(tf("torch_flash")),
                       fmt(tf("cudnn")),
@@ -132,7 +135,27 @@ def decode_table(rows, markdown):
     return render(headers, lines, markdown, right_from=3)
 
 
-def caption(data, rows, decode):
+def memory_table(rows, markdown):
+    """Peak MiB of one fwd+bwd per seqlen (rows) and implementation (columns); OOM as such."""
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    seqlens = sorted({r["seqlen_q"] for r in rows})
+    cell = {}
+    for r in rows:
+        cell[(r["seqlen_q"], r["impl"])] = "OOM" if r.get("oom") else fmt(r.get("peak_mib"))
+    headers = ["seqlen"] + [f"{i} MiB" for i in impls]
+    lines = [[str(s)] + [cell.get((s, i), MISSING) for i in impls] for s in seqlens]
+    return render(headers, lines, markdown, right_from=0)
+
+
+def caption(data, rows, decode, memory=False):
+    if memory:
+        r0 = rows[0]
+        return "; ".join([data.get("device", "?"), f"commit {str(data.get('commit', 'unknown'))[:8]}",
+                          data.get("date", "?"),
+                          f"peak memory of one {r0.get('pass', 'fwd_bwd')}, {r0['dtype']}, "
+                          f"hdim {r0['hdim']}, "
+                          f"batch {r0['batch']}, {r0['nheads']} heads, causal={r0['causal']} "
+                          f"(inputs + outputs + workspace; — = not run)"])
     ceil = data.get("ceilings", {})
     parts = [data.get("device", "?"), f"commit {str(data.get('commit', 'unknown'))[:8]}",
              data.get("date", "?")]
@@ -154,6 +177,8 @@ def caption(data, rows, decode):
 def footnotes(data, rows):
     notes = sorted({f"{r['impl']}: {r['note']}" for r in rows if r.get("note")})
     out = [f"† {n}" for n in notes]  # † marks a best peer that carries a note
+    for u in data.get("unavailable", []):
+        out.append(f"unavailable {u.get('impl', '?')}: {u.get('reason', '?')}")
     skipped = {}
     for s in data.get("skipped", []):
         skipped.setdefault((s.get("impl", "?"), s.get("reason", "?")), []).append(s)
@@ -168,15 +193,17 @@ def summarize(path, markdown):
     rows = data.get("rows", [])
     training = [r for r in rows if r.get("op") != "decode" and r.get("tflops") is not None]
     decode = [r for r in rows if r.get("op") == "decode" and r.get("tbps") is not None]
+    memory = [r for r in rows if r.get("op") == "memory"]
     parts = []
-    for subset, is_decode, table in ((training, False, training_table), (decode, True, decode_table)):
+    for subset, kind, table in ((training, "training", training_table), (decode, "decode", decode_table),
+                                (memory, "memory", memory_table)):
         if not subset:
             continue
-        title = caption(data, subset, is_decode)
+        title = caption(data, subset, kind == "decode", kind == "memory")
         parts.append(f"**{title}**" if markdown else title)
         parts.append(table(subset, markdown))
     if not parts:
-        parts.append(f"{path}: no training (tflops) or decode (tbps) rows")
+        parts.append(f"{path}: no training (tflops), decode (tbps) or memory rows")
     extra = footnotes(data, rows)
     if extra:
         parts.append("\n".join(("- " + e if markdown else e) for e in extra))
