@@ -12,6 +12,17 @@ from reference import assert_close_rule, kvcache_ref
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
+
+def _kvcache(*args, **kwargs):
+    """flash_attn_with_kvcache, skipping the test when this build lacks the kernel (a build with
+    FLASH_ATTN_DTYPES / FLASH_ATTN_HDIMS restricted raises an error saying "not built")."""
+    try:
+        return flash_attn_with_kvcache(*args, **kwargs)
+    except (ValueError, RuntimeError) as exc:
+        if "not built" in str(exc):
+            pytest.skip(f"kernel not in this build: {exc}")
+        raise
+
 # name -> overrides of the defaults in run_kvcache
 CONFIGS = {
     "decode": {},
@@ -31,6 +42,11 @@ CONFIGS = {
     "paged_16": {"seqlen_q": 3, "seqlen_new": 3, "page_size": 16, "causal": True, "rotary": "interleaved"},
     "paged_64": {"seqlen_q": 1, "seqlen_new": 1, "page_size": 64, "seqlen_cache": 150},
     "paged_16_no_append": {"page_size": 16, "seqlen_q": 4, "causal": True},
+    "paged_256": {"seqlen_q": 1, "seqlen_new": 1, "page_size": 256, "seqlen_cache": 600, "causal": True,
+                  "rotary": "neox"},
+    "paged_512": {"seqlen_q": 2, "seqlen_new": 2, "page_size": 512, "seqlen_cache": 1100, "causal": True,
+                  "rotary": "interleaved"},
+    "paged_256_many_splits": {"page_size": 256, "seqlen_cache": 3000, "num_splits": 40, "hk": 1},
     "num_splits_1": {"num_splits": 1, "seqlen_cache": 130},
     "num_splits_3": {"num_splits": 3, "seqlen_cache": 130, "seqlen_new": 1},
     "cache_seqlens_int": {"seqlens_int": True, "seqlen_new": 1},
@@ -100,7 +116,7 @@ def run_kvcache(device, dtype, batch=3, seqlen_q=1, seqlen_new=0, seqlen_cache=4
                     window=window, softcap=softcap, rotary_interleaved=rotary == "interleaved",
                     alibi_slopes=alibi_slopes)
 
-    out, lse = flash_attn_with_kvcache(
+    out, lse = _kvcache(
         q, k_cache, v_cache, k=k_new, v=v_new, rotary_cos=cos, rotary_sin=sin, cache_seqlens=cache_seqlens_arg,
         cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, block_table=block_table, causal=causal,
         window_size=window, softcap=softcap, rotary_interleaved=rotary == "interleaved",
@@ -128,9 +144,9 @@ def test_return_convention(device):
     dtype = torch.float16 if device == "cuda" else torch.float32
     q = torch.randn(2, 1, 2, 32, dtype=dtype, device=device)
     kc = torch.randn(2, 10, 2, 32, dtype=dtype, device=device)
-    out = flash_attn_with_kvcache(q, kc, kc, cache_seqlens=5)
+    out = _kvcache(q, kc, kc, cache_seqlens=5)
     assert isinstance(out, torch.Tensor) and out.shape == q.shape
-    res = flash_attn_with_kvcache(q, kc, kc, cache_seqlens=5, return_softmax_lse=True)
+    res = _kvcache(q, kc, kc, cache_seqlens=5, return_softmax_lse=True)
     assert isinstance(res, tuple) and len(res) == 2
     torch.testing.assert_close(res[0], out, atol=0, rtol=0)
 
@@ -142,7 +158,7 @@ def test_num_splits_agree(device):
     kc = torch.randn(2, 700, 2, 128, dtype=dtype, device=device)
     vc = torch.randn(2, 700, 2, 128, dtype=dtype, device=device)
     seqlens = torch.tensor([700, 333], dtype=torch.int32, device=device)
-    outs = [flash_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens, num_splits=n) for n in (1, 2, 5, 0)]
+    outs = [_kvcache(q, kc, vc, cache_seqlens=seqlens, num_splits=n) for n in (1, 2, 5, 0, 11, 128)]
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     for o in outs[1:]:
         torch.testing.assert_close(o, outs[0], atol=tol, rtol=0)
@@ -169,3 +185,142 @@ def test_kvcache_hdim_padding_path():
     torch.testing.assert_close(got[1], expected[1], atol=1e-6, rtol=0)
     torch.testing.assert_close(kc, kc2, atol=0, rtol=0)
     torch.testing.assert_close(vc, vc2, atol=0, rtol=0)
+
+
+def _rotate_fp32(x, cos, sin, interleaved):
+    """Rotary in fp32 exactly as the kernels do it: each product rounded to fp32, then one fp32
+    add/sub, then one round-to-nearest-even into the storage dtype (x: (..., d); cos/sin: (..., r/2))."""
+    r = cos.shape[-1] * 2
+    xf, c, s_ = x.float(), cos.float(), sin.float()
+    out = xf.clone()
+    if interleaved:
+        x0, x1 = xf[..., 0:r:2], xf[..., 1:r:2]
+        out[..., 0:r:2] = x0 * c - x1 * s_
+        out[..., 1:r:2] = x0 * s_ + x1 * c
+    else:
+        h = r // 2
+        x0, x1 = xf[..., :h], xf[..., h:r]
+        out[..., :h] = x0 * c - x1 * s_
+        out[..., h:r] = x0 * s_ + x1 * c
+    return out.to(x.dtype)
+
+
+@pytest.mark.parametrize("page_size", [None, 1, 16, 64, 256, 512])
+@pytest.mark.parametrize("rotary", ["interleaved", "neox"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cache_update_bitwise(device, dtype, rotary, page_size):
+    """The appended keys (rotated in fp32, one rounding) and values land bitwise where they belong:
+    logical slot cache_seqlens[b] + i of sequence b, through a shuffled block table when paged;
+    every other cache element is untouched."""
+    batch, hk, d, seqlen_new, rotary_dim = 3, 2, 64, 3, (64 if rotary == "neox" else 32)
+    capacity = 2 * (page_size or 1) + 40 if page_size else 90
+    if page_size:
+        max_blocks = math.ceil(capacity / page_size)
+        capacity = max_blocks * page_size
+        num_blocks = batch * max_blocks + 3
+        block_table = torch.randperm(num_blocks)[: batch * max_blocks].view(batch, max_blocks).to(torch.int32)
+        cache_shape = (num_blocks, page_size, hk, d)
+    else:
+        block_table = None
+        cache_shape = (batch, capacity, hk, d)
+    k_cache = torch.randn(cache_shape, dtype=dtype)
+    v_cache = torch.randn(cache_shape, dtype=dtype)
+    k_new = torch.randn(batch, seqlen_new, hk, d, dtype=dtype)
+    v_new = torch.randn(batch, seqlen_new, hk, d, dtype=dtype)
+    seqlens = torch.randint(0, capacity - seqlen_new + 1, (batch,), dtype=torch.int32)
+    seqlens[0] = capacity - seqlen_new
+    cos, sin = _rotary_tables(capacity, rotary_dim, dtype, "cpu")
+    q = torch.randn(batch, 1, 4, d, dtype=dtype)
+
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    for b in range(batch):
+        for i in range(seqlen_new):
+            slot = int(seqlens[b]) + i
+            if page_size:
+                where = (int(block_table[b, slot // page_size]), slot % page_size)
+            else:
+                where = (b, slot)
+            expected_k[where] = _rotate_fp32(k_new[b, i], cos[slot], sin[slot], rotary == "interleaved")
+            expected_v[where] = v_new[b, i]
+
+    to = lambda x: None if x is None else x.to(device)  # noqa: E731
+    kc, vc = to(k_cache), to(v_cache)
+    _kvcache(to(q), kc, vc, to(k_new), to(v_new), to(cos), to(sin), cache_seqlens=to(seqlens),
+                            block_table=to(block_table), causal=True, rotary_interleaved=rotary == "interleaved")
+    assert torch.equal(kc.cpu(), expected_k), "k_cache differs from the expected bitwise update"
+    assert torch.equal(vc.cpu(), expected_v), "v_cache differs from the expected bitwise update"
+
+
+def test_split_combine_repeats_and_streams(device):
+    """Split-KV decode merged inside the attention kernel (the last split of each group combines,
+    with arrival counters that must be reset after each call): repeated calls on one stream, calls
+    on a second stream and a CUDA-graph replay all give bitwise the same result, equal to the
+    unsplit result within rounding."""
+    if device != "cuda":
+        pytest.skip("CUDA split-KV path")
+    dtype = torch.bfloat16
+    q = torch.randn(2, 1, 32, 128, dtype=dtype, device=device)
+    kc = torch.randn(2, 4096, 8, 128, dtype=dtype, device=device)
+    vc = torch.randn_like(kc)
+    seqlens = torch.tensor([4096, 1777], dtype=torch.int32, device=device)
+    call = lambda n: _kvcache(q, kc, vc, cache_seqlens=seqlens, num_splits=n,  # noqa: E731
+                              causal=True, return_softmax_lse=True)
+    ref_out, ref_lse = call(1)
+    for n in (0, 7, 32, 64):
+        first = call(n)
+        torch.testing.assert_close(first[0], ref_out, atol=2e-2, rtol=0)
+        torch.testing.assert_close(first[1], ref_lse, atol=1e-3, rtol=0)
+        for _ in range(3):
+            again = call(n)
+            assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            other = call(n)
+        torch.cuda.current_stream().wait_stream(side)
+        assert torch.equal(other[0], first[0]) and torch.equal(other[1], first[1])
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = call(32)
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(captured[0], ref_out, atol=2e-2, rtol=0)
+
+
+def test_eager_plan_cache(device):
+    """The eager fast path (a plan per metadata signature, see _kvcache_ops.KvcachePlan) gives the
+    same results as a fresh call: changing int cache_seqlens, new tensors with the same metadata,
+    different shapes, a strided q (copied by validation: no plan), and errors still raised."""
+    from flash_attn import _kvcache as kvmod
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    kvmod._plans().clear()
+    kc = torch.randn(2, 64, 2, 64, dtype=dtype, device=device)
+    vc = torch.randn_like(kc)
+
+    def reference(q, n, k_cache=kc, v_cache=vc):
+        out, lse, _, _ = kvcache_ref(q.cpu().double(), k_cache.cpu().double(), v_cache.cpu().double(),
+                                     cache_seqlens=torch.full((q.shape[0],), n, dtype=torch.int32), causal=True)
+        return out.to(dtype), lse
+
+    for n in (5, 64, 17, 0, 33):  # one plan ("int" seqlens), the value changes per call
+        q = torch.randn(2, 1, 4, 64, dtype=dtype, device=device)
+        out, lse = _kvcache(q, kc, vc, cache_seqlens=n, causal=True, return_softmax_lse=True)
+        ref_out, ref_lse = reference(q, n)
+        torch.testing.assert_close(out.cpu(), ref_out, atol=2e-2, rtol=0)
+        if n > 0:
+            torch.testing.assert_close(lse.cpu(), ref_lse.float(), atol=1e-3, rtol=0)
+        else:
+            assert torch.isinf(lse).all()
+    assert len(kvmod._plans()) == 1
+    q3 = torch.randn(2, 3, 4, 64, dtype=dtype, device=device)  # new shape: a second plan
+    out3 = _kvcache(q3, kc, vc, cache_seqlens=40, causal=True)
+    torch.testing.assert_close(out3.cpu(), reference(q3, 40)[0], atol=2e-2, rtol=0)
+    assert len(kvmod._plans()) == 2
+    q_strided = torch.randn(2, 1, 4, 128, dtype=dtype, device=device)[..., ::2]  # copied: no plan
+    out_s = _kvcache(q_strided, kc, vc, cache_seqlens=9, causal=True)
+    torch.testing.assert_close(out_s.cpu(), reference(q_strided, 9)[0], atol=2e-2, rtol=0)
+    assert len(kvmod._plans()) == 2
+    with pytest.raises(ValueError, match="cache_seqlens"):  # same plan, a bad value: still checked
+        _kvcache(torch.randn(2, 1, 4, 64, dtype=dtype, device=device), kc, vc, cache_seqlens=65, causal=True)

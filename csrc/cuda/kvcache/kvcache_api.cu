@@ -17,7 +17,6 @@
 namespace flash::kvcache_cuda {
 namespace {
 
-constexpr int kMaxSplits = 128;
 constexpr int kMaxDevices = 64;
 
 // A device attribute, read once per device (cudaDeviceGetAttribute is cheap but not free, and
@@ -50,8 +49,9 @@ int smem_optin_per_block(int device) {
 int ctas_per_sm(const KvcacheParams& p) {
   const int bucket = std::max(32, (p.head_dim + 31) / 32 * 32);
   const int by_smem = smem_per_sm(p.device_index) / (attn_smem_bytes(bucket) + 1024);
-  // ptxas -v (sm_80 / sm_90), rounded up: d32 78, d64 125, d96 123, d128 128, d160 158, d256 234.
-  const int regs = bucket <= 128 ? 128 : 256;
+  // ptxas -v (sm_90), rounded up: d32 114, d64..d128 168 (the split merge's 16 loads in flight),
+  // d160..d256 <= 255.
+  const int regs = bucket <= 32 ? 128 : (bucket <= 128 ? 168 : 256);
   const int by_regs = 65536 / (regs * kThreads);
   return std::max(1, std::min(by_smem, by_regs));
 }
@@ -273,8 +273,15 @@ void run(const KvcacheParams& p, void* stream) {
                                           part_o_bytes(p, a.splits));
   }
 
+  // Split: the last CTA of each (sequence, kv head, m-tile) merges the partials inside the
+  // attention kernel (one launch) when arrival counters are available for this stream; else a
+  // separate combine kernel does it.
+  a.tickets = nullptr;
+  if (a.splits > 1) {
+    a.tickets = split_tickets(static_cast<int64_t>(p.batch) * p.nheads_k * a.m_tiles, stream);
+  }
   launcher(a, stream);
-  if (a.splits > 1) launch_combine(a, p.dtype, stream);
+  if (a.splits > 1 && a.tickets == nullptr) launch_combine(a, p.dtype, stream);
 }
 
 }  // namespace flash::kvcache_cuda

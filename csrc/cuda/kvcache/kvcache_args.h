@@ -16,6 +16,7 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kRowsPerTile = 16;              // packed (query row, group head) rows per CTA
 constexpr int kKeysPerWarp = 16;              // keys of a tile each warp owns
 constexpr int kBlockN = kWarps * kKeysPerWarp;  // keys per pipeline stage (64)
+constexpr int kMaxSplits = 128;                 // split-KV partials per output row, at most
 
 struct AttnArgs {
   const void* q;
@@ -60,6 +61,10 @@ struct AttnArgs {
   int splits;
   float* part_o;
   float* part_lse;
+  // Single-launch combine (splits > 1): one arrival counter per (sequence, kv head, m-tile),
+  // zero before the launch; the CTA that arrives last merges that group's partial rows and
+  // resets the counter to zero for the next call. nullptr: a separate combine kernel merges.
+  unsigned* tickets;
 };
 
 // Where one sequence's keys live and how many it attends (all values clamped so that no index
@@ -95,6 +100,13 @@ template <ElemTag E, int kHeadDim>
 void launch_attention(const AttnArgs& args, void* stream);
 
 void launch_append(const KvcacheParams& p, void* stream);
+
+// Zeroed arrival counters for the single-launch combine of one call on `stream` (at least `count`
+// of them), or nullptr when unavailable (then the two-kernel path is used). Per device and per
+// stream (kernels of one stream never overlap, so a stream can reuse its counters call after call;
+// different streams get different counters). kvcache_tickets.cu.
+unsigned* split_tickets(int64_t count, void* stream);
+constexpr int64_t kMaxTicketsPerCall = 8192;
 void launch_combine(const AttnArgs& args, DType dtype, void* stream);
 
 // Dynamic shared memory of the attention kernel for a head-dim bucket.

@@ -21,6 +21,7 @@
 #include "common/mask.h"
 #include "cuda/kvcache/kvcache_args.h"
 #include "cuda/kvcache/kvcache_ptx.cuh"
+#include "cuda/kvcache/kvcache_split_merge.cuh"
 #include "flash/errors.h"
 
 namespace flash::kvcache_cuda {
@@ -45,10 +46,13 @@ struct AttnCfg {
   // The end-of-CTA merge reuses the K/V region for the 4 warps' fp32 O tiles.
   static constexpr int kORow = D + 8;  // floats; +8 breaks the 8-way bank conflict of float2 stores
   static_assert(kWarps * kRowsPerTile * kORow * 4 <= kKvBytes, "merge buffer must fit");
+  static_assert(kMergeSmemBytes <= kKvBytes, "split merge buffer must fit");
   static constexpr int kQItersPerThread = (kRowsPerTile * kChunks + kThreads - 1) / kThreads;
 };
 
 constexpr float kLog2e = 1.4426950408889634f;
+// CTAs with more key tiles than this use the deep pipeline schedule (see the main loop).
+constexpr int kDeepPipelineMinTiles = 8;
 
 // Rotates the query tile in shared memory (first rotary_dim dims of each valid row), in fp32 with
 // one rounding to the storage type, as the CPU backend does.
@@ -207,8 +211,7 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
     }
   };
 
-  // Offsets of the first kStages tiles (tile kStages - 1 is issued in iteration 0), then the
-  // page of the next one in flight.
+  // Offsets of the first kStages tiles (all issued by the prologue), then the page of the next.
 #pragma unroll
   for (int s = 0; s < Cfg::kStages; ++s) {
     if (s < n_my) store_offsets(t_begin + s, fetch_page(t_begin + s), s);
@@ -216,11 +219,16 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
   int next_page = Cfg::kStages < n_my ? fetch_page(t_begin + Cfg::kStages) : 0;
   __syncthreads();
 
-  // Start streaming K/V before touching q.
+  // Two pipeline schedules (CTA-uniform choice, see the loop): `deep` for long key ranges, the
+  // classic one for short ones. Start streaming K/V before touching q.
+  const bool deep = n_my > kDeepPipelineMinTiles;
+  const int prologue_tiles = deep ? Cfg::kStages : Cfg::kStages - 1;
 #pragma unroll
-  for (int s = 0; s < Cfg::kStages - 1; ++s) {
-    if (s < n_my) issue_tile(s);
-    cp_async_commit();
+  for (int s = 0; s < Cfg::kStages; ++s) {
+    if (s < prologue_tiles) {
+      if (s < n_my) issue_tile(s);
+      cp_async_commit();
+    }
   }
 
   // ---- query tile (zero rows/dims beyond the problem), rotated when rotary is on ----
@@ -257,10 +265,29 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
   float m_run[2] = {-INFINITY, -INFINITY};
   float l_run[2] = {0.f, 0.f};  // this thread's share of the row sum (quad-reduced at the end)
 
+  // Both schedules issue tile n + kStages - 1 in iteration n, into the stage of tile n - 1.
+  // deep: issued *before* waiting for tile n (after a barrier that frees the stage), so kStages
+  //   tiles are in flight while a warp waits; two barriers per tile. Commit groups: kStages from
+  //   the prologue, then one per iteration n >= 1, so wait_group(kStages - 1) in iteration n
+  //   means tiles 0..n are complete. H100: +1 % at 32-256 tiles per CTA.
+  // classic: issued right *after* tile n lands (one barrier), kStages - 1 tiles in flight while
+  //   waiting. Prologue kStages - 1 groups + one per iteration: wait_group(kStages - 2).
+  //   Better for short CTAs (split decode at batch 1: 4 tiles): there the deep schedule's last
+  //   tile is issued only after tile 0 is computed, and the whole grid's last tiles then go out
+  //   in one late burst (H100 (1, 8192): 25.2 -> 26.7 us with deep everywhere).
   for (int n = 0; n < n_my; ++n) {
-    cp_async_wait<Cfg::kStages - 2>();
-    __syncthreads();  // tile n landed for everyone; tile n-1's stage is free
-    {
+    if (deep) {
+      if (n > 0) {
+        __syncthreads();  // every warp is done with tile n-1: its stage is free; offsets visible
+        const int nn = n + Cfg::kStages - 1;
+        if (nn < n_my) issue_tile(nn % Cfg::kStages);
+        cp_async_commit();
+      }
+      cp_async_wait<Cfg::kStages - 1>();  // this thread's copies of tile n have landed
+      __syncthreads();                     // ... everyone's
+    } else {
+      cp_async_wait<Cfg::kStages - 2>();
+      __syncthreads();  // tile n landed for everyone; tile n-1's stage is free
       const int nn = n + Cfg::kStages - 1;
       if (nn < n_my) issue_tile(nn % Cfg::kStages);
       cp_async_commit();
@@ -340,8 +367,8 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
       T::mma(o[n0 / 8 + 1], pa, vb[2], vb[3]);
     }
 
-    // Offsets of tile n + kStages (issued next iteration, after its barrier) into the stage it
-    // will use, (n + kStages) % kStages = n % kStages: that slot's offsets were last read when
+    // Offsets of tile n + kStages (issued next iteration, after a barrier) into the stage
+    // it will use, (n + kStages) % kStages = n % kStages: that slot's offsets were last read when
     // tile n was issued, barriers ago. Then prefetch the page of the tile after it.
     {
       const int nt = n + Cfg::kStages;
@@ -430,6 +457,9 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
       *reinterpret_cast<float4*>(dst + 4) = make_float4(acc[4], acc[5], acc[6], acc[7]);
       if (c == 0) a.part_lse[row] = lse;
     }
+  }
+  if (a.splits > 1 && a.tickets != nullptr) {
+    merge_splits_if_last<Elem, D>(a, smem, b, hk, m_tile, p0, p_end);
   }
 }
 

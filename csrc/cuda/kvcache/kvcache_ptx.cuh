@@ -80,6 +80,16 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// Split-KV partials written by other CTAs of the same grid: read at L2 (ld.global.cg), never
+// from a possibly stale L1 line.
+__device__ __forceinline__ float load_cg(const float* p) { return __ldcg(p); }
+__device__ __forceinline__ float4 load_cg(const float4* p) { return __ldcg(p); }
+// Device-scope fence (membar.gl) and the arrival counter of the single-launch combine.
+__device__ __forceinline__ void fence_device() { __threadfence(); }
+__device__ __forceinline__ unsigned ticket_arrive(unsigned* counter) {
+  return atomicAdd(counter, 1u);
+}
+
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])

@@ -79,6 +79,11 @@ template <> struct ElemTraits<__nv_bfloat16> {
 inline void cp_async_16(void* dst, const void* src, bool valid) { if (valid) std::memcpy(dst, src, 16); else std::memset(dst, 0, 16); }
 inline void cp_async_commit() {}
 template <int N> inline void cp_async_wait() {}
+// CTAs run one after another here, so the arrival counter needs no atomicity.
+inline float load_cg(const float* p) { return *p; }
+inline float4 load_cg(const float4* p) { return *p; }
+inline void fence_device() {}
+inline unsigned ticket_arrive(unsigned* counter) { return (*counter)++; }
 inline void ldmatrix_common(uint32_t (&r)[4], const void* p, bool trans) {
   int w = threadIdx.x / 32, l = threadIdx.x % 32;
   g_xp[w][l] = p; warp_sync();

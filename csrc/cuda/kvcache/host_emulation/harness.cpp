@@ -39,7 +39,16 @@ static void run_grid(unsigned gx, unsigned gy, unsigned gz, int threads, size_t 
       }
 }
 
+// Arrival counters of the single-launch combine (kvcache_tickets.cu on the GPU): one zeroed
+// region that every call reuses, so a counter the kernel fails to reset shows up (checked after
+// each call). g_use_tickets = false exercises the two-kernel fallback.
+static bool g_use_tickets = true;
+static std::vector<unsigned> g_tickets(8192, 0u);
+
 namespace flash::kvcache_cuda {
+unsigned* split_tickets(int64_t count, void*) {
+  return g_use_tickets && count <= int64_t(g_tickets.size()) ? g_tickets.data() : nullptr;
+}
 template <ElemTag E, int D>
 void launch_attention(const AttnArgs& a, void*) {
   using Elem = std::conditional_t<E == ElemTag::kHalf, __half, __nv_bfloat16>;
@@ -166,6 +175,9 @@ static bool run_case(const Case& c) {
   kvcache_cuda::run(pg, nullptr);
 
   bool ok = true;
+  size_t dirty = 0;
+  for (unsigned t : g_tickets) dirty += t != 0;
+  if (dirty) { ok = false; printf("  %zu arrival counters not reset\n", dirty); std::fill(g_tickets.begin(), g_tickets.end(), 0u); }
   size_t cache_diff = 0;
   for (size_t i = 0; i < kc.size(); ++i) cache_diff += (kc[i] != kc_cpu[i]) + (vc[i] != vc_cpu[i]);
   if (cache_diff) { ok = false; printf("  cache differs in %zu elements\n", cache_diff); }
@@ -178,8 +190,8 @@ static bool run_case(const Case& c) {
   int n_inf = 0; for (float l : lse_cpu) n_inf += std::isinf(l);
   const double tol = c.dt == DType::kFloat16 ? 4e-3 : 2e-2;
   if (max_out > tol || max_lse > 2e-3 || inf_mismatch || std::isnan(max_out)) ok = false;
-  printf("%-28s %s ws=%zu max|dout|=%.2e max|dlse|=%.2e inf_rows=%d inf_mismatch=%d\n", c.name,
-         ok ? "OK  " : "FAIL", ws, max_out, max_lse, n_inf, inf_mismatch);
+  printf("%-32s %s %s ws=%zu max|dout|=%.2e max|dlse|=%.2e inf_rows=%d inf_mismatch=%d\n", c.name,
+         g_use_tickets ? "fused" : "2-krn", ok ? "OK  " : "FAIL", ws, max_out, max_lse, n_inf, inf_mismatch);
   return ok;
 }
 
@@ -205,9 +217,14 @@ int main() {
     {"long_paged_ps16_d128_nosplit", B, 2, 1, 8, 2, 128, 1500, 1, true, 16, true, -1, -1, 0, false, true, false, 0, false, 1, true},
     {"long_paged_ps5_d64_split2", H, 2, 2, 4, 1, 64, 1700, 2, true, 5, true, -1, -1, 0, false, false, false, 64, true, 2, true},
     {"long_contig_bidx_d128_split0", H, 1, 1, 4, 1, 128, 2100, 1, false, 0, true, -1, -1, 0, false, true, true, 0, false, 0, false},
+    // Many splits (40 > 8 per merge thread group; uneven tiles per split), 2 m-tiles per group.
+    {"many_splits40_paged_ps16_sq5", B, 2, 5, 8, 2, 128, 2600, 1, true, 16, true, -1, -1, 0, false, true, false, 0, false, 40, false},
   };
   int fails = 0;
-  for (const Case& c : cases) fails += !run_case(c);
+  for (bool fused : {true, false}) {
+    g_use_tickets = fused;
+    for (const Case& c : cases) fails += !run_case(c);
+  }
   printf("%d failures\n", fails);
   return fails != 0;
 }
