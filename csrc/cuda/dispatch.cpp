@@ -12,6 +12,7 @@
 #include "flash/errors.h"
 #if defined(FLASH_ATTN_WITH_SM90)
 #include "cuda/sm90/sm90.h"
+#include "cuda/sm90/sm90_bwd.h"
 #endif
 
 namespace flash::cuda {
@@ -88,11 +89,28 @@ Impl choose_fwd(const FwdParams& p) {
   return Impl::kSm80;
 }
 
+bool sm90_bwd_ok(const BwdParams& p, std::string* why) {
+#if defined(FLASH_ATTN_WITH_SM90)
+  if (compute_capability(p.device_index) != 90) {
+    *why = "device";
+    return false;
+  }
+  return sm90::supports_bwd(p, why);
+#else
+  (void)p;
+  *why = "cuda_path";
+  return false;
+#endif
+}
+
 Impl choose_bwd(const BwdParams& p) {
   require_ampere(p);
-  // There is no sm90 backward kernel yet: every cuda_path runs the sm80 backward (which runs on
-  // sm90), so forcing sm90 affects the forward only.
+  // The sm90 backward when it takes the call (cuda_path kAuto or kSm90); otherwise the sm80
+  // backward, which runs on sm90 too -- also for cuda_path kSm90, so that forcing sm90 never
+  // fails a backward whose forward it accepted (dropout, varlen, head dims the sm90 backward
+  // lacks).
   std::string why;
+  if (p.cuda_path != CudaPath::kSm80 && sm90_bwd_ok(p, &why)) return Impl::kSm90;
   if (!sm80::supports_bwd(p, &why)) {
     throw Error(why.empty() ? "q" : why, "not supported by the CUDA backward kernels");
   }
@@ -125,7 +143,11 @@ size_t fwd_workspace_size(const FwdParams& params) {
 }
 
 size_t bwd_workspace_size(const BwdParams& params) {
+#if defined(FLASH_ATTN_WITH_SM90)
+  if (choose_bwd(params) == Impl::kSm90) return sm90::bwd_workspace_size(params);
+#else
   choose_bwd(params);
+#endif
   return sm80::bwd_workspace_size(params);
 }
 
@@ -152,6 +174,13 @@ Impl fwd(const FwdParams& params, void* stream) {
 Impl bwd(const BwdParams& params, void* stream) {
   DeviceScope scope(params.device_index);
   const Impl impl = choose_bwd(params);
+#if defined(FLASH_ATTN_WITH_SM90)
+  if (impl == Impl::kSm90) {
+    sm90::run_bwd(params, stream);
+    check_launch();
+    return impl;
+  }
+#endif
   sm80::run_bwd(params, stream);
   check_launch();
   return impl;
