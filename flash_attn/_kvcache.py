@@ -102,6 +102,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         softmax_scale = head_size_og ** (-0.5)
     window = V.check_window(window_size)
     alibi_slopes = V.check_alibi(alibi_slopes, q.device)
+    V.check_alibi_shape(alibi_slopes, q.shape[0], q.shape[2])
 
     cache_seqlen_const = 0
     if isinstance(cache_seqlens, int):

@@ -4,6 +4,9 @@ The C++ API validates everything again (it is the source of truth); these checks
 common mistakes fail before any allocation, with flash-attn-like exception types.
 """
 
+import numbers
+import os
+
 import torch
 
 _CUDA_DTYPES = (torch.float16, torch.bfloat16)
@@ -15,11 +18,31 @@ def maybe_contiguous(x):
     return x.contiguous() if x is not None and x.stride(-1) != 1 else x
 
 
+# Packed inputs: (name, rank) -> (axis, size) of the packing axis. qkv (b, s, 3, h, d) or varlen
+# (total, 3, h, d); kv (b, s, 2, h, d) or (total, 2, h, d). Checked here because the wrappers slice
+# the packing axis right after check_tensor, which would otherwise fail with a bare IndexError.
+_PACKED_AXIS = {("qkv", 5): (2, 3), ("qkv", 4): (1, 3), ("kv", 5): (2, 2), ("kv", 4): (1, 2)}
+
+MAX_HEAD_DIM = 256
+
+
+def index_debug_mode() -> bool:
+    """FLASH_ATTN_CHECK_INDICES=1: also check values that live in device memory (costs a sync).
+    The C++ API checks the per-sequence values (cu_seqlens, seqused_k, cache_seqlens, block_table...);
+    Python adds what only it knows (e.g. the rows of k against cu_seqlens_k[-1])."""
+    v = os.environ.get("FLASH_ATTN_CHECK_INDICES", "")
+    return v not in ("", "0") and not torch.compiler.is_compiling()
+
+
 def check_tensor(name: str, x, ndim=None):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if ndim is not None and x.dim() not in ((ndim,) if isinstance(ndim, int) else ndim):
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    packed = _PACKED_AXIS.get((name, x.dim()))
+    if packed is not None and x.shape[packed[0]] != packed[1]:
+        raise ValueError(f"{name}: dimension {packed[0]} must have size {packed[1]} (the packed "
+                         f"{'q, k, v' if packed[1] == 3 else 'k, v'}), got shape {tuple(x.shape)}")
 
 
 def check_attention_inputs(names, tensors, ndim):
@@ -41,6 +64,9 @@ def check_attention_inputs(names, tensors, ndim):
     for name, x in zip(names, tensors):
         if x.shape[-1] != first.shape[-1] and name not in ("v", "v_cache"):
             raise ValueError(f"{name}: head dim {x.shape[-1]} differs from {names[0]}'s {first.shape[-1]}")
+    head_dim = first.shape[-1]
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim of {names[0]} must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
 
 
 def check_index_tensor(name: str, x, device, ndim=1):
@@ -75,9 +101,12 @@ def check_window(window_size):
 
 
 def check_dropout(dropout_p):
-    if not 0.0 <= dropout_p < 1.0:
+    if not isinstance(dropout_p, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
+    p = float(dropout_p)
+    if not 0.0 <= p < 1.0:  # also rejects NaN
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    return float(dropout_p)
+    return p
 
 
 # ---- shape agreement (the C++ API sees raw pointers, so only Python can compare tensor shapes) ----
@@ -117,8 +146,8 @@ def check_varlen_shapes(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table):
         _require(block_table.shape[0] == cu_seqlens_q.shape[0] - 1,
                  f"block_table must have one row per sequence ({cu_seqlens_q.shape[0] - 1}), "
                  f"got {block_table.shape[0]}")
-    elif cu_seqlens_k.device.type == "cpu" and not torch.compiler.is_compiling():
-        # Cheap on the CPU only (on CUDA this would synchronise the stream).
+    elif (cu_seqlens_k.device.type == "cpu" and not torch.compiler.is_compiling()) or index_debug_mode():
+        # Cheap on the CPU only (on CUDA this synchronises the stream: debug mode only).
         _require(int(cu_seqlens_k[-1]) <= k.shape[0],
                  f"cu_seqlens_k: last entry {int(cu_seqlens_k[-1])} exceeds k's {k.shape[0]} rows")
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "expect_error.h"
 #include "flash/api.h"
 
 namespace {
@@ -57,16 +58,7 @@ struct Problem {
   }
 };
 
-// Runs `call` and expects flash::Error whose argument() is `arg`.
-void expect_error(const std::function<void()>& call, const std::string& arg) {
-  try {
-    call();
-    ADD_FAILURE() << "expected flash::Error naming '" << arg << "'";
-  } catch (const flash::Error& e) {
-    EXPECT_EQ(e.argument(), arg) << e.what();
-    EXPECT_NE(std::string(e.what()).find(arg), std::string::npos) << e.what();
-  }
-}
+using testing_support::expect_error;
 
 struct BadFwdCase {
   const char* name;
@@ -111,12 +103,12 @@ INSTANTIATE_TEST_SUITE_P(
         BadFwdCase{"only_cu_q", "cu_seqlens_k", [](auto& p) { p.cu_seqlens_q = kGoodCu; }},
         BadFwdCase{"decreasing_cu", "cu_seqlens_q",
                    [](auto& p) {
-                     p.cu_seqlens_q = kBadCu, p.cu_seqlens_k = kGoodCu, p.total_q = 4;
+                     p.cu_seqlens_q = kBadCu, p.cu_seqlens_k = kGoodCu, p.total_q = 4, p.total_k = 10;
                      p.seqlen_q = 9;
                    }},
         BadFwdCase{"cu_total_mismatch", "cu_seqlens_q",
                    [](auto& p) {
-                     p.cu_seqlens_q = kGoodCu, p.cu_seqlens_k = kGoodCu, p.total_q = 7;
+                     p.cu_seqlens_q = kGoodCu, p.cu_seqlens_k = kGoodCu, p.total_q = 7, p.total_k = 10;
                      p.seqlen_k = 5;
                    }},
         BadFwdCase{"paged_without_page_size", "page_size",

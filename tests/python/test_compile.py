@@ -95,3 +95,97 @@ def test_compile_return_attn_probs_and_packed(device, dropout_p):
     (gb,) = torch.autograd.grad(b, qkv)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     torch.testing.assert_close(ga, gb, atol=0, rtol=0)
+
+
+# ---- whole steps: a training step and a decode step trace into ONE graph (no graph breaks) ---------
+
+
+def _no_graph_breaks(fn, *args):
+    """torch._dynamo.explain: the function must trace as a single graph."""
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(fn)(*args)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1, explanation.graph_count
+    torch._dynamo.reset()
+
+
+class _AttentionBlock(torch.nn.Module):
+    """GQA attention block: projections around flash_attn_func with dropout and a causal mask."""
+
+    def __init__(self, dim=64, h=4, hk=2, d=16):
+        super().__init__()
+        self.h, self.hk, self.d = h, hk, d
+        self.wq = torch.nn.Linear(dim, h * d)
+        self.wkv = torch.nn.Linear(dim, 2 * hk * d)
+        self.wo = torch.nn.Linear(h * d, dim)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q = self.wq(x).view(b, s, self.h, self.d)
+        k, v = self.wkv(x).view(b, s, 2, self.hk, self.d).unbind(2)
+        o = flash_attn_func(q, k, v, dropout_p=0.1, causal=True, softcap=20.0)
+        return self.wo(o.reshape(b, s, self.h * self.d))
+
+
+def test_compile_training_step(device):
+    import copy
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    model = _AttentionBlock().to(device, dtype)
+    model_c = copy.deepcopy(model)
+    x = torch.randn(2, 37, 64, device=device, dtype=dtype)
+    target = torch.randn(2, 37, 64, device=device, dtype=dtype)
+
+    def loss_of(m):
+        def step(x, target):
+            return ((m(x) - target) ** 2).mean()
+        return step
+
+    _no_graph_breaks(loss_of(model_c), x, target)
+    step_c = torch.compile(loss_of(model_c), fullgraph=True, backend="aot_eager")
+    opt, opt_c = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, model_c))
+    for it in range(2):  # two steps: the second runs the cached graph with updated weights
+        torch.manual_seed(100 + it)
+        loss = loss_of(model)(x, target)
+        torch.manual_seed(100 + it)
+        loss_c = step_c(x, target)
+        loss.backward()
+        loss_c.backward()
+        torch.testing.assert_close(loss_c, loss, atol=0, rtol=0)
+        for p, pc in zip(model.parameters(), model_c.parameters()):
+            torch.testing.assert_close(pc.grad, p.grad, atol=0, rtol=0)
+        opt.step()
+        opt_c.step()
+        opt.zero_grad()
+        opt_c.zero_grad()
+
+
+def test_compile_paged_decode_step(device):
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    b, h, hk, d, page, pages = 3, 4, 2, 32, 8, 4
+    torch.manual_seed(1)
+    kc = torch.randn(b * pages + 1, page, hk, d, dtype=dtype, device=device)
+    vc = torch.randn_like(kc)
+    table = torch.randperm(b * pages + 1)[: b * pages].view(b, pages).to(torch.int32).to(device)
+    seqlens = torch.tensor([3, 17, 30], dtype=torch.int32, device=device)
+    cos = torch.randn(page * pages, 8, dtype=dtype, device=device)
+    sin = torch.randn(page * pages, 8, dtype=dtype, device=device)
+    q = torch.randn(b, 1, h, d, dtype=dtype, device=device)
+    kn = torch.randn(b, 1, hk, d, dtype=dtype, device=device)
+    vn = torch.randn(b, 1, hk, d, dtype=dtype, device=device)
+
+    def decode(q, kc, vc, kn, vn, seqlens):
+        out, lse = flash_attn_with_kvcache(q, kc, vc, k=kn, v=vn, rotary_cos=cos, rotary_sin=sin,
+                                           cache_seqlens=seqlens, block_table=table, causal=True,
+                                           num_splits=2, return_softmax_lse=True)
+        return out * 2.0, lse
+
+    _no_graph_breaks(decode, q, kc.clone(), vc.clone(), kn, vn, seqlens)
+    kc_e, vc_e = kc.clone(), vc.clone()
+    out_c, lse_c = torch.compile(decode, fullgraph=True, backend="aot_eager")(q, kc, vc, kn, vn, seqlens)
+    out_e, lse_e = decode(q, kc_e, vc_e, kn, vn, seqlens)
+    torch.testing.assert_close(out_c, out_e, atol=0, rtol=0)
+    torch.testing.assert_close(lse_c, lse_e, atol=0, rtol=0)
+    torch.testing.assert_close(kc, kc_e, atol=0, rtol=0)  # the appended (rotated) keys, in place
+    torch.testing.assert_close(vc, vc_e, atol=0, rtol=0)
