@@ -176,7 +176,9 @@ def part_sanitizer(timeout, tools=None):
             text, rc = proc.stdout + proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as e:
             text, rc = f"timeout after {timeout} s\n{e.stdout or ''}", -1
-        m = re.search(r"ERROR SUMMARY:\s*(\d+)", text)
+        # memcheck/synccheck end with "ERROR SUMMARY: n errors"; racecheck with
+        # "RACECHECK SUMMARY: h hazards displayed (n errors, w warnings)".
+        m = re.search(r"ERROR SUMMARY:\s*(\d+)", text) or re.search(r"RACECHECK SUMMARY:[^(]*\((\d+) error", text)
         errors = int(m.group(1)) if m else None
         finished = "sanitizer cases done" in text
         run = {"tool": tool, "group": group, "errors": errors, "finished": finished, "rc": rc,
