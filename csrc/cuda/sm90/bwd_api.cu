@@ -8,6 +8,7 @@
 
 #include <cutlass/numeric_types.h>
 
+#include "cuda/sm90/api_checks.h"
 #include "cuda/sm90/bwd_launch_decl.h"
 #include "cuda/sm90/bwd_workspace.h"
 #include "cuda/sm90/sm90_bwd.h"
@@ -40,80 +41,62 @@ bool bwd_built_for(DType dtype, int head_dim) {
   return dtype_ok && hdim_ok;
 }
 
-bool is_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-// TMA: a multiple of 16 bytes below 2^40 bytes (extent-1 dims never use their stride).
-bool tma_stride_fits(int64_t stride_elems, int extent) {
-  if (extent <= 1) return true;
-  const int64_t bytes = stride_elems * 2;
-  return bytes > 0 && bytes % 16 == 0 && bytes < (int64_t(1) << 40);
-}
+using checks::device_is_sm90;
+using checks::aligned16;
+using checks::tma_stride_ok;
 
 bool tma_tensor_ok(const void* ptr, int64_t rs, int rows, int64_t hs, int heads, int64_t bs, int batch) {
-  return is_aligned16(ptr) && tma_stride_fits(rs, rows) && tma_stride_fits(hs, heads) &&
-         tma_stride_fits(bs, batch);
+  return aligned16(ptr) && tma_stride_ok(rs, rows) && tma_stride_ok(hs, heads) &&
+         tma_stride_ok(bs, batch);
 }
 
 // Plain vector access (preprocess 4-8 byte loads, dQ convert 16-byte stores, dK/dV 4-byte stores).
 bool vec_tensor_ok(const void* ptr, int64_t bs, int64_t rs, int64_t hs) {
-  return is_aligned16(ptr) && bs % 8 == 0 && rs % 8 == 0 && hs % 8 == 0;
+  return aligned16(ptr) && bs % 8 == 0 && rs % 8 == 0 && hs % 8 == 0;
 }
 
-bool reject(std::string* why, const char* argument) {
-  if (why) *why = argument;
-  return false;
-}
-
-bool device_is_sm90(int device_index) {
-  int major = 0, minor = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_index) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device_index) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return major == 9 && minor == 0;
-}
+using checks::fail;
 
 }  // namespace
 
 bool supports_bwd(const BwdParams& p, std::string* why) {
-  if (p.device != Device::kCUDA) return reject(why, "device");
-  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) return reject(why, "dtype");
-  if (p.head_dim != 64 && p.head_dim != 128) return reject(why, "head_dim");
-  if (!bwd_built_for(p.dtype, p.head_dim)) return reject(why, "head_dim");
+  if (p.device != Device::kCUDA) return fail(why, "device");
+  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) return fail(why, "dtype");
+  if (p.head_dim != 64 && p.head_dim != 128) return fail(why, "head_dim");
+  if (!bwd_built_for(p.dtype, p.head_dim)) return fail(why, "head_dim");
   // Not on this path yet (the sm80 backward takes them): varlen, paged KV, dropout.
-  if (p.cu_seqlens_q != nullptr) return reject(why, "cu_seqlens_q");
-  if (p.cu_seqlens_k != nullptr) return reject(why, "cu_seqlens_k");
-  if (p.seqused_k != nullptr) return reject(why, "seqused_k");
-  if (p.block_table != nullptr) return reject(why, "block_table");
-  if (p.dropout_p > 0.f) return reject(why, "dropout_p");
-  if (p.seqlen_k <= 0) return reject(why, "seqlen_k");  // a TMA map cannot be empty
-  if (p.seqlen_q <= 0) return reject(why, "seqlen_q");
+  if (p.cu_seqlens_q != nullptr) return fail(why, "cu_seqlens_q");
+  if (p.cu_seqlens_k != nullptr) return fail(why, "cu_seqlens_k");
+  if (p.seqused_k != nullptr) return fail(why, "seqused_k");
+  if (p.block_table != nullptr) return fail(why, "block_table");
+  if (p.dropout_p > 0.f) return fail(why, "dropout_p");
+  if (p.seqlen_k <= 0) return fail(why, "seqlen_k");  // a TMA map cannot be empty
+  if (p.seqlen_q <= 0) return fail(why, "seqlen_q");
   // The workspace pads every (batch, head) to whole query blocks (64 / 128 rows): for very short
   // seqlen_q that is up to 128x the data (seqlen_q 1 x 65535 batches x 257 heads asked for 522 GiB).
   // Such calls go to the sm80 backward, whose workspace is not padded.
   {
     const int64_t bm = bwd_block_m(p.head_dim);
     const int64_t padded = (int64_t(p.seqlen_q) + bm - 1) / bm * bm;
-    if (padded > 4 * int64_t(p.seqlen_q)) return reject(why, "seqlen_q");
+    if (padded > 4 * int64_t(p.seqlen_q)) return fail(why, "seqlen_q");
   }
-  if (p.nheads_k <= 0 || p.nheads % p.nheads_k != 0) return reject(why, "nheads_k");
-  if (p.nheads_k > 65535 || p.batch > 65535) return reject(why, p.batch > 65535 ? "batch" : "nheads_k");
+  if (p.nheads_k <= 0 || p.nheads % p.nheads_k != 0) return fail(why, "nheads_k");
+  if (p.nheads_k > 65535 || p.batch > 65535) return fail(why, p.batch > 65535 ? "batch" : "nheads_k");
   if (!tma_tensor_ok(p.q, p.q_row_stride, p.seqlen_q, p.q_head_stride, p.nheads, p.q_batch_stride, p.batch))
-    return reject(why, "q");
+    return fail(why, "q");
   if (!tma_tensor_ok(p.dout, p.dout_row_stride, p.seqlen_q, p.dout_head_stride, p.nheads,
                      p.dout_batch_stride, p.batch))
-    return reject(why, "dout");
+    return fail(why, "dout");
   if (!tma_tensor_ok(p.k, p.k_row_stride, p.seqlen_k, p.k_head_stride, p.nheads_k, p.k_batch_stride, p.batch))
-    return reject(why, "k");
+    return fail(why, "k");
   if (!tma_tensor_ok(p.v, p.v_row_stride, p.seqlen_k, p.v_head_stride, p.nheads_k, p.v_batch_stride, p.batch))
-    return reject(why, "v");
-  if (!vec_tensor_ok(p.out, p.out_batch_stride, p.out_row_stride, p.out_head_stride)) return reject(why, "out");
-  if (!vec_tensor_ok(p.dout, p.dout_batch_stride, p.dout_row_stride, p.dout_head_stride)) return reject(why, "dout");
-  if (!vec_tensor_ok(p.dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride)) return reject(why, "dq");
-  if (!vec_tensor_ok(p.dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride)) return reject(why, "dk");
-  if (!vec_tensor_ok(p.dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride)) return reject(why, "dv");
-  if (!device_is_sm90(p.device_index)) return reject(why, "device_index");
+    return fail(why, "v");
+  if (!vec_tensor_ok(p.out, p.out_batch_stride, p.out_row_stride, p.out_head_stride)) return fail(why, "out");
+  if (!vec_tensor_ok(p.dout, p.dout_batch_stride, p.dout_row_stride, p.dout_head_stride)) return fail(why, "dout");
+  if (!vec_tensor_ok(p.dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride)) return fail(why, "dq");
+  if (!vec_tensor_ok(p.dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride)) return fail(why, "dk");
+  if (!vec_tensor_ok(p.dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride)) return fail(why, "dv");
+  if (!device_is_sm90(p.device_index)) return fail(why, "device_index");
   return true;
 }
 

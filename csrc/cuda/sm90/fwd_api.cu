@@ -12,6 +12,7 @@
 
 #include <cutlass/numeric_types.h>
 
+#include "cuda/sm90/api_checks.h"
 #include "cuda/sm90/fwd_launch_decl.h"
 #include "cuda/sm90/sm90.h"
 
@@ -65,31 +66,10 @@ bool varlen_disabled() {
   return disabled;
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-// A stride TMA can take: a multiple of 16 bytes below 2^40 bytes. Dimensions of extent 1 never
-// use their stride (the launcher substitutes a valid one), so any value passes there.
-bool tma_stride_ok(int64_t stride_elems, int extent) {
-  if (extent <= 1) return true;
-  const int64_t bytes = stride_elems * 2;
-  return bytes > 0 && bytes % 16 == 0 && bytes < (int64_t(1) << 40);
-}
-
-// *why gets the name of the argument that blocks this path (the dispatcher reports it).
-bool fail(std::string* why, const char* argument) {
-  if (why) *why = argument;
-  return false;
-}
-
-bool device_is_sm90(int device_index) {
-  int major = 0, minor = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_index) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device_index) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky-free error so later calls are not confused
-    return false;
-  }
-  return major == 9 && minor == 0;  // sm_90a code runs on compute capability 9.0 only
-}
+using checks::aligned16;
+using checks::device_is_sm90;
+using checks::fail;
+using checks::tma_stride_ok;
 
 }  // namespace
 
