@@ -10,11 +10,10 @@ from torch.nn import init
 from .._norm import NormConfig, fused_norm
 
 
-def layer_norm_ref(x, weight, bias, residual=None, x1=None, weight1=None, bias1=None, eps=1e-6, dropout_p=0.0,
-                   rowscale=None, prenorm=False, zero_centered_weight=False, dropout_mask=None, dropout_mask1=None,
-                   upcast=False):
-    """Pure-PyTorch reference (masks given explicitly when dropout_p > 0)."""
-    dtype = x.dtype
+def _ref_norm_input(x, weight, bias, residual, x1, weight1, bias1, dropout_p, rowscale, zero_centered_weight,
+                    dropout_mask, dropout_mask1, upcast):
+    """The part both references share: upcast, zero-centred weights, rowscale, dropout, x1 and the residual.
+    Returns the normaliser's input and its (possibly adjusted) weights."""
     if upcast:
         x = x.float()
         weight = weight.float()
@@ -40,6 +39,17 @@ def layer_norm_ref(x, weight, bias, residual=None, x1=None, weight1=None, bias1=
         x = x + x1
     if residual is not None:
         x = (x + residual).to(x.dtype)
+    return x, weight, bias, weight1, bias1
+
+
+def layer_norm_ref(x, weight, bias, residual=None, x1=None, weight1=None, bias1=None, eps=1e-6, dropout_p=0.0,
+                   rowscale=None, prenorm=False, zero_centered_weight=False, dropout_mask=None, dropout_mask1=None,
+                   upcast=False):
+    """Pure-PyTorch reference (masks given explicitly when dropout_p > 0)."""
+    dtype = x.dtype
+    x, weight, bias, weight1, bias1 = _ref_norm_input(x, weight, bias, residual, x1, weight1, bias1, dropout_p,
+                                                      rowscale, zero_centered_weight, dropout_mask, dropout_mask1,
+                                                      upcast)
     out = F.layer_norm(x.to(weight.dtype), x.shape[-1:], weight=weight, bias=bias, eps=eps).to(dtype)
     if weight1 is None:
         return out if not prenorm else (out, x)
@@ -51,31 +61,9 @@ def rms_norm_ref(x, weight, bias, residual=None, x1=None, weight1=None, bias1=No
                  rowscale=None, prenorm=False, zero_centered_weight=False, dropout_mask=None, dropout_mask1=None,
                  upcast=False):
     dtype = x.dtype
-    if upcast:
-        x = x.float()
-        weight = weight.float()
-        bias = bias.float() if bias is not None else None
-        residual = residual.float() if residual is not None else residual
-        x1 = x1.float() if x1 is not None else None
-        weight1 = weight1.float() if weight1 is not None else None
-        bias1 = bias1.float() if bias1 is not None else None
-    if zero_centered_weight:
-        weight = weight + 1.0
-        if weight1 is not None:
-            weight1 = weight1 + 1.0
-    if x1 is not None:
-        assert rowscale is None, "rowscale is not supported with parallel LayerNorm"
-    if rowscale is not None:
-        x = x * rowscale[..., None]
-    if dropout_p > 0.0:
-        x = x.masked_fill(~dropout_mask, 0.0) / (1.0 - dropout_p) if dropout_mask is not None else F.dropout(x, p=dropout_p)
-        if x1 is not None:
-            x1 = (x1.masked_fill(~dropout_mask1, 0.0) / (1.0 - dropout_p) if dropout_mask1 is not None
-                  else F.dropout(x1, p=dropout_p))
-    if x1 is not None:
-        x = x + x1
-    if residual is not None:
-        x = (x + residual).to(x.dtype)
+    x, weight, bias, weight1, bias1 = _ref_norm_input(x, weight, bias, residual, x1, weight1, bias1, dropout_p,
+                                                      rowscale, zero_centered_weight, dropout_mask, dropout_mask1,
+                                                      upcast)
     rstd = 1 / torch.sqrt((x.square()).mean(dim=-1, keepdim=True) + eps)
     out = ((x * rstd * weight) + bias if bias is not None else (x * rstd * weight)).to(dtype)
     if weight1 is None:
