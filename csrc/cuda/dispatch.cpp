@@ -56,10 +56,21 @@ class DeviceScope {
   int target_ = 0;
 };
 
+// The kernels put batch and heads on grid dimensions y and z, which CUDA caps at 65535: beyond
+// that a launch would fail, so the call is refused up front with the argument named.
+void require_grid_limits(const FwdParams& p) {
+  constexpr int kMaxGridYZ = 65535;
+  check_arg(p.batch <= kMaxGridYZ, p.cu_seqlens_q ? "cu_seqlens_q" : "q",
+            "batch " + std::to_string(p.batch) + " exceeds 65535, the CUDA kernels' grid limit; split the batch");
+  check_arg(p.nheads <= kMaxGridYZ, "q",
+            "nheads " + std::to_string(p.nheads) + " exceeds 65535, the CUDA kernels' grid limit");
+}
+
 void require_ampere(const FwdParams& p) {
   const int cc = compute_capability(p.device_index);
   check_arg(cc >= 80, "q", "flash_attn CUDA kernels need compute capability >= 8.0, device has " +
                                std::to_string(cc / 10) + "." + std::to_string(cc % 10));
+  require_grid_limits(p);
 }
 
 bool sm90_fwd_ok(const FwdParams& p, std::string* why) {

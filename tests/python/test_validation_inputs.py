@@ -89,6 +89,8 @@ FUNC_CUDA = {  # need a GPU (a second device kind, or CUDA-only rules)
     "k_on_cpu": (ValueError, "k", lambda d: func(d, k=_t(B, SK, HK, D, device="cpu", dtype=torch.float16))),
     "alibi_on_cpu": (ValueError, "alibi_slopes", lambda d: func(d, alibi_slopes=torch.ones(H))),
     "fp32_on_cuda": (TypeError, "q", lambda d: flash_attn_func(*(x.float() for x in _qkv(d)))),
+    # Batch sits on a CUDA grid dimension capped at 65535: refused with the limit named, not a failed launch.
+    "batch_over_grid_limit": (ValueError, "q.*batch 65536", lambda d: flash_attn_func(*(_t(65536, 1, 1, 8, device=d) for _ in range(3)))),
 }
 
 # ---- packed variants -----------------------------------------------------------------------------
