@@ -7,7 +7,8 @@ Rows (impl: ours | torch_eager | torch_compile; op names documented here):
       "peak_mib" = peak memory allocated during the call above what was allocated before it.
   add_layer_norm_fwd / add_rms_norm_fwd (and *_fwd_bwd): x0 + residual -> norm, prenorm (the sum is
       returned too), 16384 x 4096 bf16; "tbps" = (x0, residual read + out, residual_out written) / time,
-      "note" = fraction of the measured copy bandwidth (row op "copy").
+      "note" = fraction of the measured copy bandwidth (row op "copy"). --norm-sweep adds rows
+      "ours_general" (FLASH_ATTN_NORM_FWD_PLAIN=0, _BWD_PLAIN=0) "ours_c1/c2/c4" (chunks per thread).
   dense_gelu_fwd: gelu_tanh(x @ W^T + b), 8192 x 4096 -> 16384 bf16 ("ours": cuBLASLt GELU epilogue,
       "ours_aux" also stores the pre-activation for the backward); mlp_fwd_bwd: FusedMLP 4096 -> 16384
       -> 4096 fwd+bwd; wgrad / dgrad_dgelu: the MLP's backward GEMMs alone, fused epilogue or not.
@@ -133,7 +134,30 @@ def bench_cross_entropy(res, dev, vocab, tokens=8192):
                 log(f"  {op} speedup vs {peer}: {p / o:.2f}x")
 
 
-def bench_norms(res, dev, copy_tbps, rows=16384, hidden=4096):
+# Settings of the CUDA norm kernels compared by --norm-sweep (csrc/ops/cuda/norm_fwd.cu, norm_bwd.cu
+# read them on every call): the general kernels, and the plain forward at 1, 2, 4 chunks per thread.
+NORM_SWEEP = {"ours_general": {"FLASH_ATTN_NORM_FWD_PLAIN": "0", "FLASH_ATTN_NORM_BWD_PLAIN": "0"},
+              "ours_c1": {"FLASH_ATTN_NORM_FWD_CHUNKS": "1"},
+              "ours_c2": {"FLASH_ATTN_NORM_FWD_CHUNKS": "2"},
+              "ours_c4": {"FLASH_ATTN_NORM_FWD_CHUNKS": "4"}}
+
+
+def with_env(fn, env):
+    def run(*args):
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return fn(*args)
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return run
+
+
+def bench_norms(res, dev, copy_tbps, rows=16384, hidden=4096, sweep=False):
     dt = torch.bfloat16
     x0 = torch.randn(rows, hidden, device=dev, dtype=dt)
     r = torch.randn(rows, hidden, device=dev, dtype=dt)
@@ -160,6 +184,9 @@ def bench_norms(res, dev, copy_tbps, rows=16384, hidden=4096):
         c = compiled(fns["torch_eager"])
         if c is not None:
             fns["torch_compile"] = c
+        if sweep:
+            for impl, env in NORM_SWEEP.items():
+                fns[impl] = with_env(fns["ours"], env)
         for impl, fn in fns.items():
             def fwd(_, fn=fn):
                 with torch.no_grad():
@@ -271,6 +298,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="128K vocab only")
     ap.add_argument("--only", default="ce,norms,dense",
                     help="comma-separated parts: ce, norms, dense (the MLP GEMMs), parts (its backward GEMMs)")
+    ap.add_argument("--norm-sweep", action="store_true",
+                    help="norms: also time our kernel settings (NORM_SWEEP: general kernel, chunks per thread)")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     dev = torch.device("cuda")
@@ -287,7 +316,7 @@ def main():
             bench_cross_entropy(res, dev, vocab)
             torch.cuda.empty_cache()
     if "norms" in parts:
-        bench_norms(res, dev, copy_tbps)
+        bench_norms(res, dev, copy_tbps, sweep=args.norm_sweep)
         torch.cuda.empty_cache()
     if "dense" in parts or "parts" in parts:
         bench_dense(res, dev, parts_only="dense" not in parts)

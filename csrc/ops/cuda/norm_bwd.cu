@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "flash/errors.h"
@@ -159,20 +160,131 @@ __global__ void __launch_bounds__(kBound) norm_bwd_kernel(NormParams p, uint32_t
   }
 }
 
-// out[s][j] = sum over blocks of ws[s][block][j] for each requested sum s.
-__global__ void norm_bwd_reduce_kernel(const float* ws, int grid, int64_t H, float* dw, float* db,
-                                       float* dw1, float* db1, float* dcs) {
-  const int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (j >= H) return;
-  float* outs[kSums] = {dw, db, dw1, db1, dcs};
-  const int64_t seg = int64_t{grid} * H;
+// The plain backward (no dropout, x1, second output, colscale or subsets; 16-bit dy; 16-byte
+// aligned rows). As in norm_fwd_plain_kernel every load of a row (residual_out, dy,
+// dresidual_out) is issued before any is converted, so a thread's share of the row is in flight at
+// once; the weight is loaded once per block and stays in registers (raw) across its rows. Chunks
+// past the row's end re-read its last chunk and contribute zero. Same arithmetic, in the same
+// order, as norm_bwd_kernel. kAWords / kWWords: 4 = 16-bit residual dtype / weight, 8 = fp32.
+template <int kChunks, int kBound, int kAWords, int kWWords>
+__global__ void __launch_bounds__(kBound) norm_bwd_plain_kernel(NormParams p) {
+  __shared__ float scratch[64];
+  const int64_t H = p.hidden;
+  const int64_t nchunks = H / 8;
+  const bool rms = p.kind == NormKind::kRMSNorm;
+  float* ws = static_cast<float*>(p.workspace);
+  const int64_t seg = int64_t{gridDim.x} * H;
+  int64_t col[kChunks];
+  bool valid[kChunks];
+  Raw8<kWWords> wr[kChunks];
 #pragma unroll
-  for (int s = 0; s < kSums; ++s) {
-    if (outs[s] == nullptr) continue;
-    float acc = 0.f;
-    for (int b = 0; b < grid; ++b) acc += ws[s * seg + b * H + j];
-    outs[s][j] = acc;
+  for (int i = 0; i < kChunks; ++i) {
+    const int64_t c = threadIdx.x + int64_t{i} * blockDim.x;
+    valid[i] = c < nchunks;
+    col[i] = (valid[i] ? c : nchunks - 1) * 8;
+    load_raw8(p.weight, col[i], wr[i]);
   }
+  float dw[kChunks][8], db[kChunks][8];
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i)
+#pragma unroll
+    for (int q = 0; q < 8; ++q) dw[i][q] = db[i][q] = 0.f;
+
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+    // Phase 1: loads only.
+    const float mean = rms ? 0.f : p.mean[r];
+    const float rstd = p.rstd[r];
+    const float rs = (p.rowscale ? p.rowscale[r] : 1.f) * p.rowscale_const;
+    Raw8<kAWords> ar[kChunks], dror[kChunks];
+    Raw8<4> dyr[kChunks];
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) load_raw8(p.residual_out, r * p.residual_out_row_stride + col[i], ar[i]);
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) load_raw8(p.dy, r * p.dy_row_stride + col[i], dyr[i]);
+    if (p.dresidual_out) {
+#pragma unroll
+      for (int i = 0; i < kChunks; ++i)
+        load_raw8(p.dresidual_out, r * p.dresidual_out_row_stride + col[i], dror[i]);
+    }
+    // Phase 2: xhat, g = dy * w, the column sums and the two row sums.
+    float xhat[kChunks][8], g[kChunks][8];
+    float sum_g = 0.f, sum_gx = 0.f;
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      float dy[8], w[8];
+      raw8_to_float(p.residual_dtype, ar[i], xhat[i]);
+      raw8_to_float(p.out_dtype, dyr[i], dy);
+      raw8_to_float(p.weight_dtype, wr[i], w);
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        xhat[i][q] = (xhat[i][q] - mean) * rstd;
+        dy[q] = valid[i] ? dy[q] : 0.f;
+        g[i][q] = dy[q] * w[q];
+        dw[i][q] += dy[q] * xhat[i][q];
+        db[i][q] += dy[q];
+      }
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        sum_g += g[i][q];
+        sum_gx += g[i][q] * xhat[i][q];
+      }
+    }
+    block_sum2(sum_g, sum_gx, scratch);
+    const float mg = rms ? 0.f : sum_g / static_cast<float>(H);
+    const float mgx = sum_gx / static_cast<float>(H);
+    // Phase 3: d, then dresidual and dx0.
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) g[i][q] = rstd * (g[i][q] - mg - xhat[i][q] * mgx);
+      if (p.dresidual_out) {
+        float v[8];
+        raw8_to_float(p.residual_dtype, dror[i], v);
+#pragma unroll
+        for (int q = 0; q < 8; ++q) g[i][q] += v[q];
+      }
+      if (!valid[i]) continue;
+      if (p.dresidual) store_vec<8>(p.dresidual, p.residual_dtype, r * p.dresidual_row_stride + col[i], g[i]);
+#pragma unroll
+      for (int q = 0; q < 8; ++q) g[i][q] *= rs;
+      store_vec<8>(p.dx0, p.in_dtype, r * p.dx0_row_stride + col[i], g[i]);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    if (!valid[i]) continue;
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      ws[blockIdx.x * H + col[i] + q] = dw[i][q];
+      ws[seg + blockIdx.x * H + col[i] + q] = db[i][q];
+    }
+  }
+}
+
+// out[s][j] = sum over blocks of ws[s][block][j] for each requested sum s (blockIdx.y). A block
+// covers 32 columns with 8 rows of threads: each thread adds every 8th partial of its column, then
+// the 8 are added in shared memory, so ~H/4 warps share the work instead of H/32 walking all the
+// partials alone. Fixed order: deterministic.
+constexpr int kReduceCols = 32, kReduceRows = 8;
+__global__ void __launch_bounds__(kReduceCols * kReduceRows)
+    norm_bwd_reduce_kernel(const float* ws, int grid, int64_t H, float* dw, float* db, float* dw1, float* db1,
+                           float* dcs) {
+  __shared__ float part[kReduceRows][kReduceCols + 1];
+  const unsigned sum = blockIdx.y;  // selects without indexing a local array (that would spill to memory)
+  float* out = sum == 0 ? dw : sum == 1 ? db : sum == 2 ? dw1 : sum == 3 ? db1 : dcs;
+  if (out == nullptr) return;  // uniform over the block, before any barrier
+  const int64_t j = blockIdx.x * int64_t{kReduceCols} + threadIdx.x;
+  const float* src = ws + blockIdx.y * (int64_t{grid} * H) + j;
+  float acc = 0.f;
+  if (j < H)
+    for (int b = threadIdx.y; b < grid; b += kReduceRows) acc += src[b * H];
+  part[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y != 0 || j >= H) return;
+  float t = 0.f;
+#pragma unroll
+  for (int y = 0; y < kReduceRows; ++y) t += part[y][threadIdx.x];
+  out[j] = t;
 }
 
 // About one wave: the blocks that fit on an SM at once. A kernel bounded to kBound threads uses at
@@ -192,6 +304,52 @@ void check(cudaError_t e, const char* what) {
 template <int kVec, int kChunks, int kBound>
 void launch(const NormParams& p, int grid, int threads, cudaStream_t st) {
   norm_bwd_kernel<kVec, kChunks, kBound><<<grid, threads, 0, st>>>(p, dropout_keep_threshold(p.dropout_p));
+}
+
+void launch_general(const NormParams& p, const NormLaunch& s, int grid, cudaStream_t st) {
+  if (s.vec == 8) {
+    if (s.chunks == 1) launch<8, 1, 1024>(p, grid, s.threads, st);
+    else if (s.chunks == 2 && s.bound == 512) launch<8, 2, 512>(p, grid, s.threads, st);
+    else if (s.chunks == 2) launch<8, 2, 1024>(p, grid, s.threads, st);
+    else launch<8, 4, 1024>(p, grid, s.threads, st);
+    return;
+  }
+  switch (s.chunks) {
+    case 1: launch<1, 1, 1024>(p, grid, s.threads, st); break;
+    case 2: launch<1, 2, 1024>(p, grid, s.threads, st); break;
+    case 4: launch<1, 4, 1024>(p, grid, s.threads, st); break;
+    case 8: launch<1, 8, 1024>(p, grid, s.threads, st); break;
+    default: launch<1, 16, 1024>(p, grid, s.threads, st); break;
+  }
+}
+
+template <int kChunks, int kAWords, int kWWords>
+void launch_plain_kernel(const NormParams& p, int grid, int threads, cudaStream_t st) {
+  constexpr int kBound = kChunks == 1 ? 1024 : 512;
+  norm_bwd_plain_kernel<kChunks, kBound, kAWords, kWWords><<<grid, threads, 0, st>>>(p);
+}
+
+template <int kChunks>
+void launch_plain(const NormParams& p, int grid, int threads, cudaStream_t st) {
+  const bool a32 = p.residual_dtype == DType::kFloat32, w32 = p.weight_dtype == DType::kFloat32;
+  if (a32 && w32) launch_plain_kernel<kChunks, 8, 8>(p, grid, threads, st);
+  else if (a32) launch_plain_kernel<kChunks, 8, 4>(p, grid, threads, st);
+  else if (w32) launch_plain_kernel<kChunks, 4, 8>(p, grid, threads, st);
+  else launch_plain_kernel<kChunks, 4, 4>(p, grid, threads, st);
+}
+
+// The plain kernel when p qualifies (see norm_bwd_plain_kernel), on the general kernel's launch
+// shape and grid (the workspace is sized for that grid); FLASH_ATTN_NORM_BWD_PLAIN=0 turns it off.
+bool try_plain(const NormParams& p, const NormLaunch& s, int grid, cudaStream_t st) {
+  const bool plain = p.dropout_p <= 0.f && p.x1 == nullptr && p.dx1 == nullptr && p.weight1 == nullptr &&
+                     p.colscale == nullptr && p.x0_subset == nullptr && p.out_subset == nullptr &&
+                     p.out_dtype != DType::kFloat32 && s.vec == 8 &&
+                     (s.chunks == 1 || (s.chunks == 2 && s.bound == 512));
+  const char* env = std::getenv("FLASH_ATTN_NORM_BWD_PLAIN");
+  if (!plain || (env != nullptr && env[0] == '0')) return false;
+  if (s.chunks == 1) launch_plain<1>(p, grid, s.threads, st);
+  else launch_plain<2>(p, grid, s.threads, st);
+  return true;
 }
 
 }  // namespace
@@ -218,24 +376,11 @@ void norm_bwd_cuda(const NormParams& p, void* stream) {
   // Segments updated in place by the kernel start at zero (dweight / dbias are plain stores).
   for (int q = 2; q < kSums; ++q)
     if (outs[q]) check(cudaMemsetAsync(ws + q * seg, 0, seg * sizeof(float), st), "memset");
-  if (s.vec == 8) {
-    if (s.chunks == 1) launch<8, 1, 1024>(p, grid, s.threads, st);
-    else if (s.chunks == 2 && s.bound == 512) launch<8, 2, 512>(p, grid, s.threads, st);
-    else if (s.chunks == 2) launch<8, 2, 1024>(p, grid, s.threads, st);
-    else launch<8, 4, 1024>(p, grid, s.threads, st);
-  } else {
-    switch (s.chunks) {
-      case 1: launch<1, 1, 1024>(p, grid, s.threads, st); break;
-      case 2: launch<1, 2, 1024>(p, grid, s.threads, st); break;
-      case 4: launch<1, 4, 1024>(p, grid, s.threads, st); break;
-      case 8: launch<1, 8, 1024>(p, grid, s.threads, st); break;
-      default: launch<1, 16, 1024>(p, grid, s.threads, st); break;
-    }
-  }
+  if (!try_plain(p, s, grid, st)) launch_general(p, s, grid, st);
   check(cudaGetLastError(), "launch");
-  const int rt = 256;
-  norm_bwd_reduce_kernel<<<static_cast<unsigned>((H + rt - 1) / rt), rt, 0, st>>>(
-      ws, grid, H, p.dweight, p.dbias, p.dweight1, p.dbias1, p.dcolscale);
+  const dim3 rgrid(static_cast<unsigned>((H + kReduceCols - 1) / kReduceCols), kSums);
+  norm_bwd_reduce_kernel<<<rgrid, dim3(kReduceCols, kReduceRows), 0, st>>>(ws, grid, H, p.dweight, p.dbias,
+                                                                          p.dweight1, p.dbias1, p.dcolscale);
   check(cudaGetLastError(), "reduce launch");
 }
 

@@ -2,6 +2,7 @@
 // row in registers (norm_row.cuh). Reads x0 (x1, residual) once, writes residual_out and y (y1).
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "flash/errors.h"
@@ -164,11 +165,157 @@ __global__ void __launch_bounds__(kBound) norm_fwd_kernel(NormParams p, uint32_t
   }
 }
 
+// The plain forward (no dropout, x1, second output, colscale or subsets; 16-bit x0; 16-byte
+// aligned rows): the common "add + norm" of a transformer block. Every load of the row (x0,
+// residual, weight, bias) is issued before the first use of any of them, as raw bits, so a thread
+// has its whole share of the row in flight at once; norm_fwd_kernel converts right after each load
+// (runtime dtype switch) and so waits one memory latency per chunk and input. Chunks past the row's
+// end re-read its last chunk (unconditional loads need no branch between them) and count as zero.
+// kResWords / kWWords: 4 = 16-bit residual / weight, 8 = fp32. Same arithmetic, in the same order,
+// as norm_fwd_kernel.
+template <int kChunks, int kBound, int kResWords, int kWWords>
+__global__ void __launch_bounds__(kBound) norm_fwd_plain_kernel(NormParams p) {
+  __shared__ float scratch[32];
+  const int64_t H = p.hidden;
+  const int64_t nchunks = H / 8;
+  const bool rms = p.kind == NormKind::kRMSNorm;
+  int64_t col[kChunks];  // element index of each chunk, clamped into the row
+  bool valid[kChunks];
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    const int64_t c = threadIdx.x + int64_t{i} * blockDim.x;
+    valid[i] = c < nchunks;
+    col[i] = (valid[i] ? c : nchunks - 1) * 8;
+  }
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+    Raw8<4> xr[kChunks];
+    Raw8<kResWords> rr[kChunks];
+    Raw8<kWWords> wr[kChunks], br[kChunks];
+    // Phase 1: loads only.
+    const float rs = (p.rowscale ? p.rowscale[r] : 1.f) * p.rowscale_const;
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) load_raw8(p.x0, r * p.x0_row_stride + col[i], xr[i]);
+    if (p.residual) {
+#pragma unroll
+      for (int i = 0; i < kChunks; ++i) load_raw8(p.residual, r * p.residual_row_stride + col[i], rr[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) load_raw8(p.weight, col[i], wr[i]);
+    if (p.bias) {
+#pragma unroll
+      for (int i = 0; i < kChunks; ++i) load_raw8(p.bias, col[i], br[i]);
+    }
+    // Phase 2: the pre-norm sum, residual_out, the statistics of the stored (rounded) values.
+    float a[kChunks][8];
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      raw8_to_float(p.in_dtype, xr[i], a[i]);
+#pragma unroll
+      for (int q = 0; q < 8; ++q) a[i][q] *= rs;
+      if (p.residual) {
+        float v[8];
+        raw8_to_float(p.residual_dtype, rr[i], v);
+#pragma unroll
+        for (int q = 0; q < 8; ++q) a[i][q] += v[q];
+      }
+#pragma unroll
+      for (int q = 0; q < 8; ++q) a[i][q] = valid[i] ? a[i][q] : 0.f;
+      if (p.residual_out) {
+        if (valid[i]) store_vec<8>(p.residual_out, p.residual_dtype, r * p.residual_out_row_stride + col[i], a[i]);
+        round_vec<8>(p.residual_dtype, a[i]);
+      }
+#pragma unroll
+      for (int q = 0; q < 8; ++q) sum += a[i][q];
+    }
+    const float mean = rms ? 0.f : block_sum(sum, scratch) / static_cast<float>(H);
+    float sq = 0.f;
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      if (!valid[i]) continue;
+#pragma unroll
+      for (int q = 0; q < 8; ++q) sq += (a[i][q] - mean) * (a[i][q] - mean);
+    }
+    const float rstd = rsqrtf(block_sum(sq, scratch) / static_cast<float>(H) + p.eps);
+    if (threadIdx.x == 0) {
+      if (p.mean) p.mean[r] = mean;
+      p.rstd[r] = rstd;
+    }
+    // Phase 3: y.
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      float w[8];
+      raw8_to_float(p.weight_dtype, wr[i], w);
+#pragma unroll
+      for (int q = 0; q < 8; ++q) a[i][q] = (a[i][q] - mean) * rstd * w[q];
+      if (p.bias) {
+        float b[8];
+        raw8_to_float(p.weight_dtype, br[i], b);
+#pragma unroll
+        for (int q = 0; q < 8; ++q) a[i][q] += b[q];
+      }
+      if (valid[i]) store_vec<8>(p.y, p.out_dtype, r * p.y_row_stride + col[i], a[i]);
+    }
+  }
+}
+
 template <int kVec, int kChunks, int kBound>
 void launch(const NormParams& p, int threads, cudaStream_t st) {
   const int64_t grid = p.rows < (int64_t{1} << 30) ? p.rows : (int64_t{1} << 30);
   norm_fwd_kernel<kVec, kChunks, kBound><<<static_cast<unsigned>(grid), threads, 0, st>>>(
       p, dropout_keep_threshold(p.dropout_p));
+}
+
+// Registers: the raw row, weight and bias stay live until y, ~116 per thread for 4 chunks with
+// 16-bit residual and weight, more with fp32 ones. The bound gives each configuration the
+// registers it needs without spilling (4 chunks: 512 threads at most, 256 when wide).
+constexpr int plain_bound(int chunks, bool wide) {
+  return chunks == 4 ? (wide ? 256 : 512) : chunks == 2 ? (wide ? 512 : 1024) : 1024;
+}
+
+template <int kChunks, int kResWords, int kWWords>
+void launch_plain_kernel(const NormParams& p, int threads, cudaStream_t st) {
+  constexpr int kBound = plain_bound(kChunks, kResWords == 8 || kWWords == 8);
+  const int64_t grid = p.rows < (int64_t{1} << 30) ? p.rows : (int64_t{1} << 30);
+  norm_fwd_plain_kernel<kChunks, kBound, kResWords, kWWords><<<static_cast<unsigned>(grid), threads, 0, st>>>(p);
+}
+
+template <int kChunks>
+void launch_plain(const NormParams& p, int threads, cudaStream_t st) {
+  const bool res32 = p.residual_dtype == DType::kFloat32, w32 = p.weight_dtype == DType::kFloat32;
+  if (res32 && w32) launch_plain_kernel<kChunks, 8, 8>(p, threads, st);
+  else if (res32) launch_plain_kernel<kChunks, 8, 4>(p, threads, st);
+  else if (w32) launch_plain_kernel<kChunks, 4, 8>(p, threads, st);
+  else launch_plain_kernel<kChunks, 4, 4>(p, threads, st);
+}
+
+// Integer value of environment variable `name`, or `fallback` when unset / empty. Read on every
+// call so a benchmark can compare settings in one process.
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return (v == nullptr || *v == '\0') ? fallback : std::atoi(v);
+}
+
+// The plain kernel when p qualifies (see norm_fwd_plain_kernel); false: the caller runs the
+// general one. FLASH_ATTN_NORM_FWD_PLAIN=0 turns the plain kernel off; FLASH_ATTN_NORM_FWD_CHUNKS
+// = 1 | 2 | 4 forces its chunks per thread (tuning experiments; the block grows to match).
+bool try_plain(const NormParams& p, cudaStream_t st) {
+  const bool plain = p.dropout_p <= 0.f && p.x1 == nullptr && p.weight1 == nullptr && p.colscale == nullptr &&
+                     p.x0_subset == nullptr && p.out_subset == nullptr && p.dmask == nullptr &&
+                     p.dmask1 == nullptr && p.in_dtype != DType::kFloat32 && norm_vectorised(p, false);
+  if (!plain || env_int("FLASH_ATTN_NORM_FWD_PLAIN", 1) == 0) return false;
+  const int64_t nchunks = p.hidden / 8;
+  int chunks = norm_launch_shape(p.hidden, true, false).chunks;
+  const int forced = env_int("FLASH_ATTN_NORM_FWD_CHUNKS", 0);
+  if (forced == 1 || forced == 2 || forced == 4) chunks = forced;
+  const int64_t per = (nchunks + chunks - 1) / chunks;
+  const int threads = static_cast<int>(((per + 31) / 32) * 32);
+  const bool wide = p.residual_dtype == DType::kFloat32 || p.weight_dtype == DType::kFloat32;
+  if (threads > plain_bound(chunks, wide)) return false;
+  if (chunks == 1) launch_plain<1>(p, threads, st);
+  else if (chunks == 2) launch_plain<2>(p, threads, st);
+  else launch_plain<4>(p, threads, st);
+  return true;
 }
 
 }  // namespace
@@ -193,6 +340,11 @@ bool norm_vectorised(const NormParams& p, bool backward) {
 void norm_fwd_cuda(const NormParams& p, void* stream) {
   if (cudaSetDevice(p.device_index) != cudaSuccess) throw DeviceError("norm_fwd: cudaSetDevice failed");
   const auto st = static_cast<cudaStream_t>(stream);
+  if (p.rows > 0 && try_plain(p, st)) {
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) throw DeviceError(std::string("norm_fwd: ") + cudaGetErrorString(e));
+    return;
+  }
   const NormLaunch s = norm_launch_shape(p.hidden, norm_vectorised(p, false), false);
   if (s.vec == 8) {
     if (s.chunks == 1) launch<8, 1, 1024>(p, s.threads, st);
