@@ -129,3 +129,122 @@ def _run_decode_config(args, device, impls, results, notes, dtype, batch, contex
                              v=s["v"].repeat_interleave(group, dim=2)) for s in sets]
             measure(impl, None, expanded, note=f"kv heads expanded x{group} (no GQA support)")
             del expanded
+
+
+# ---------------------------------------------------------------------------------------------
+# Stand-alone A/B runs (the kvcache helper's H100 experiments), e.g.
+#   python3 benchmarks/bench_decode.py --shapes 1x8192,32x8192 --impls ours,cudnn \
+#       --variants "fused:;twokernel:FLASH_KVCACHE_NO_FUSED_COMBINE=1" --out /tmp/d.jsonl
+# Each variant (environment settings the kvcache backend reads once per process) runs in its own
+# subprocess; timing is the suite's (timing.time_fn: cold L2 through rotated input sets).
+# --layout bhsd stores the cache head-major ((b, h, s, d) memory, passed as a (b, s, h, d) view):
+# each (sequence, kv head) stream is then contiguous, a probe of DRAM locality, not a real layout.
+# ---------------------------------------------------------------------------------------------
+def _cli():
+    import argparse
+    import json
+    import os
+    import subprocess
+    import sys
+
+    p = argparse.ArgumentParser(description="decode A/B runs")
+    p.add_argument("--shapes", default="1x8192,32x8192,128x2048,8x65536")
+    p.add_argument("--impls", default="ours")
+    p.add_argument("--pages", default="none", help="comma list of none / page sizes (ours only)")
+    p.add_argument("--layout", default="bshd", choices=["bshd", "bhsd"])
+    p.add_argument("--num-splits", default="0", help="comma list (ours only)")
+    p.add_argument("--variants", default=None,
+                   help="'name:K=V,K=V;name2:...' environment variants, one subprocess each")
+    p.add_argument("--label", default="")
+    p.add_argument("--out", default=None, help="append one JSON line per measurement")
+    p.add_argument("--target-ms", type=float, default=100.0)
+    p.add_argument("--device", default="cuda", help="cpu: a smoke test of this script")
+    args = p.parse_args()
+
+    if args.variants:
+        rc = 0
+        for spec in args.variants.split(";"):
+            name, _, assigns = spec.partition(":")
+            env = dict(os.environ)
+            for kv in filter(None, assigns.split(",")):
+                k, _, v = kv.partition("=")
+                env[k] = v
+            cmd = [sys.executable, __file__] + [a for a in sys.argv[1:]]
+            i = cmd.index("--variants")
+            del cmd[i:i + 2]
+            cmd += ["--label", (args.label + " " if args.label else "") + name]
+            rc |= subprocess.run(cmd, env=env).returncode
+        sys.exit(rc)
+
+    from peers import make_impl
+    device = torch.device(args.device)
+    dtype = torch.bfloat16
+    scale = 1.0 / math.sqrt(DECODE_HDIM)
+    impls = [make_impl(n) for n in args.impls.split(",")]
+    for impl in impls:
+        impl.check(device)
+    for shape in args.shapes.split(","):
+        batch, context = (int(x) for x in shape.split("x"))
+        nbytes = decode_bytes(batch, 1, context, DECODE_NHEADS, DECODE_NHEADS_KV, DECODE_HDIM, 2)
+        sets = []
+        for _ in range(num_input_sets(nbytes, device)):
+            s = _cache_set(batch, context, dtype, device)
+            if args.layout == "bhsd":
+                for name in ("k", "v"):
+                    s[name] = s[name].transpose(1, 2).contiguous().transpose(1, 2)
+            sets.append(s)
+        cache_seqlens = torch.full((batch,), context, dtype=torch.int32, device=device)
+        s0 = sets[0]
+        ref = F_sdpa_reference(s0["q"], s0["k"], s0["v"], scale)
+        for impl in impls:
+            ours = impl.name.startswith("ours")
+            for page in (args.pages.split(",") if ours else ["none"]):
+                if page != "none" and context % int(page):
+                    continue
+                layout_sets = sets if page == "none" else [_paged(s, int(page)) for s in sets]
+                for ns in (args.num_splits.split(",") if ours else ["0"]):
+                    if ours:
+                        fa = impl.fa
+
+                        def call(s, ns=int(ns), fa=fa):
+                            return fa.flash_attn_with_kvcache(
+                                s["q"], s["k"], s["v"], cache_seqlens=cache_seqlens,
+                                block_table=s["block_table"], softmax_scale=scale, causal=True,
+                                num_splits=ns)
+                    else:
+                        call = _decode_call(impl, cache_seqlens, scale)
+                    try:
+                        out = call(layout_sets[0])
+                        diff = (out.float() - ref).abs().max().item()
+                        t = time_fn(call, layout_sets, device, target_ms=args.target_ms)
+                    except Exception as exc:  # report and go on with the next configuration
+                        print(f"[skip] {args.label} {impl.name} {shape} page={page}: {exc!r}"[:300])
+                        continue
+                    row = {"label": args.label, "impl": impl.name, "batch": batch, "context": context,
+                           "page": page, "layout": args.layout, "num_splits": int(ns),
+                           "us": round(t.ms * 1e3, 2), "min_us": round(t.min_ms * 1e3, 2),
+                           "tbps": round(nbytes / (t.ms * 1e-3) / 1e12, 3), "max_diff": diff}
+                    print(f"{args.label:>14} {impl.name:>12} {shape:>9} page={page:>4} "
+                          f"{args.layout} splits={ns:>3}: {row['us']:8.2f} us "
+                          f"(min {row['min_us']:8.2f}) {row['tbps']:.3f} TB/s diff {diff:.2e}",
+                          flush=True)
+                    if args.out:
+                        with open(args.out, "a") as f:
+                            f.write(json.dumps(row) + "\n")
+                del layout_sets
+        del sets
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def F_sdpa_reference(q, k, v, scale):
+    """fp32 decode reference for one input set (every key visible: one query row, full cache)."""
+    group = q.shape[2] // k.shape[2]
+    kf = k.float().repeat_interleave(group, dim=2).transpose(1, 2)
+    vf = v.float().repeat_interleave(group, dim=2).transpose(1, 2)
+    qf = q.float().transpose(1, 2)
+    return torch.nn.functional.scaled_dot_product_attention(qf, kf, vf, scale=scale).transpose(1, 2)
+
+
+if __name__ == "__main__":
+    _cli()
