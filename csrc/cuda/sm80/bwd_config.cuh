@@ -12,13 +12,17 @@ namespace flash::sm80::bwd {
 // kQStages:  2 = Q is double-buffered (the next block's Q streams in during the whole iteration).
 // kDqChunk:  dQ columns per GEMM piece of a warp (0 = the warp's whole dQ tile at once).
 // kKvUnroll: k-steps unrolled in the dK / dV GEMMs.
+// kNWarps / kMinBlocks: warps per CTA and the CTAs per SM promised to ptxas (__launch_bounds__).
+// kDoStages: 2 = dO double-buffered too (with kQStages 2): the next block's dO streams in from the top
+//   of the iteration and the barrier that freed sdO for it disappears (2 barriers per query block).
 template <typename Element_, int kHeadDim_, int kBlockM_, int kBlockN_, int kAtomMSdP, int kAtomNdKV, int kAtomMdQ,
-          int kQStages_, int kDqChunk_ = 0, int kKvUnroll_ = kBlockM_ / 16>
+          int kQStages_, int kDqChunk_ = 0, int kKvUnroll_ = kBlockM_ / 16, int kNWarps_ = 8, int kMinBlocks_ = 1,
+          int kDoStages_ = 1>
 struct BwdConfig {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_, kBlockM = kBlockM_, kBlockN = kBlockN_;
-  static constexpr int kNWarps = 8, kThreads = kNWarps * 32;
-  static constexpr int kQStages = kQStages_, kKvUnroll = kKvUnroll_;
+  static constexpr int kNWarps = kNWarps_, kThreads = kNWarps * 32, kMinBlocks = kMinBlocks_;
+  static constexpr int kQStages = kQStages_, kKvUnroll = kKvUnroll_, kDoStages = kDoStages_;
   static constexpr int kPitchD = kHeadDim + 8, kPitchN = kBlockN + 8;  // see bwd_primitives.cuh
 
   // S / dP (kBlockM x kBlockN): kWarpsMS x kWarpsNS warps of kTileMS x kTileNS.
@@ -46,6 +50,7 @@ struct BwdConfig {
                     kDqChunk % 16 == 0,
                 "dQ tiling");
   static_assert(kQStages == 1 || kQStages == 2, "Q stages");
+  static_assert(kDoStages == 1 || (kDoStages == 2 && kQStages == 2), "dO stages (2 only with 2 Q stages)");
   static_assert(kBlockM <= kThreads, "one lse / D row per thread");
 
   // Shared memory (16-bit elements, then two fp32 vectors of kBlockM).
@@ -53,7 +58,7 @@ struct BwdConfig {
   static constexpr int kOffV = kOffK + kBlockN * kPitchD;
   static constexpr int kOffQ = kOffV + kBlockN * kPitchD;  // kQStages buffers of kBlockM rows
   static constexpr int kOffDO = kOffQ + kQStages * kBlockM * kPitchD;
-  static constexpr int kOffP = kOffDO + kBlockM * kPitchD;
+  static constexpr int kOffP = kOffDO + kDoStages * kBlockM * kPitchD;  // kDoStages buffers of kBlockM rows
   static constexpr int kOffDS = kOffP + kBlockM * kPitchN;
   static constexpr int kElems = kOffDS + kBlockM * kPitchN;
   static constexpr int kSmemBytes = kElems * 2 + 2 * kBlockM * 4;
@@ -114,6 +119,26 @@ struct BwdConfigBigSmem<Element, 224> {
 template <typename Element>
 struct BwdConfigBigSmem<Element, 256> {
   using type = BwdConfig<Element, 256, 64, 64, 4, 2, 2, 2, 32, 2>;
+};
+
+// dO double-buffered as well (2 barriers per query block instead of 3). Needs more than sm80's 163 KB:
+// d64 181,248 B, d128 174,592 B, d256 221,696 B (sm90: 232,448). An experiment, off by default
+// (FLASH_SM80_BWD_DO2=1, lean kernel only; bwd_launch.cuh). `type` = void: no such variant.
+template <typename Element, int D>
+struct BwdConfigDo2 {
+  using type = void;
+};
+template <typename Element>
+struct BwdConfigDo2<Element, 64> {
+  using type = BwdConfig<Element, 64, 128, 128, 4, 4, 4, 2, 0, 8, 8, 1, 2>;
+};
+template <typename Element>
+struct BwdConfigDo2<Element, 128> {
+  using type = BwdConfig<Element, 128, 64, 128, 2, 4, 2, 2, 0, 4, 8, 1, 2>;
+};
+template <typename Element>
+struct BwdConfigDo2<Element, 256> {
+  using type = BwdConfig<Element, 256, 64, 64, 4, 2, 2, 2, 32, 2, 8, 1, 2>;
 };
 
 }  // namespace flash::sm80::bwd

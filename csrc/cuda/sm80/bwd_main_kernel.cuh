@@ -17,6 +17,9 @@
 // so Q_{i+1} streams in during the whole iteration and dO_{i+1} during dQ and dK.
 // With kQStages == 1 (d = 224 / 256 where smem < 188 KB, e.g. A100): ... | dV | dK | [barrier] issue
 // Q_{i+1}, dO_{i+1} | dQ | wait.
+// With kDoStages == 2 (experiment, BwdConfigDo2): dO_{i+1} is issued with Q_{i+1} at the top into the
+// other dO buffer and the barrier after dV is dropped: [barrier] issue Q_{i+1}, dO_{i+1} | S, dP |
+// P, dS -> smem | [barrier] dV | dQ | dK | wait.
 #pragma once
 
 #include <climits>
@@ -30,8 +33,11 @@
 
 namespace flash::sm80::bwd {
 
-template <typename Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads, 1)
+// kLean: the launcher guarantees no softcap, ALiBi or dropout, so those predicates are compile-time
+// false and the general element-wise path is dead code: smaller kernel (instruction-cache misses
+// were ~2 % of the stall samples) and a register allocation for the common path alone.
+template <typename Cfg, bool kLean = false>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     bwd_main_kernel(const BwdParams p, const BwdWorkspace ws, const BwdExtra ex) {
   using Element = typename Cfg::Element;
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kHeadDim = Cfg::kHeadDim;
@@ -40,6 +46,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   constexpr int MT_KV = Cfg::kMtKV, NT_KV = Cfg::kNtKV;
   constexpr int MT_Q = Cfg::kMtQ, NT_Q = Cfg::kNtQ;
   constexpr bool kQ2 = Cfg::kQStages == 2;
+  constexpr bool kDO2 = Cfg::kDoStages == 2;
   constexpr float kLog2e = 1.4426950408889634f;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr bool kVecAtomics = true;  // red.global.add.v2.f32 exists from sm_90 on
@@ -52,7 +59,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   Element* sK = smem + Cfg::kOffK;
   Element* sV = smem + Cfg::kOffV;
   Element* sQ = smem + Cfg::kOffQ;  // Cfg::kQStages buffers
-  Element* sdO = smem + Cfg::kOffDO;
+  Element* sdO = smem + Cfg::kOffDO;  // Cfg::kDoStages buffers
   Element* sP = smem + Cfg::kOffP;
   Element* sdS = smem + Cfg::kOffDS;
   float* sLse = reinterpret_cast<float*>(smem + Cfg::kElems);  // lse * log2(e), +inf for absent rows
@@ -64,8 +71,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const SeqInfo si(p, b);
   const int hk = h / (p.nheads / p.nheads_k);
   const MaskRule rule{si.sq, si.sk_used, p.window_left, p.window_right};
-  const bool softcap_on = p.softcap > 0.f;
-  const bool has_alibi = p.alibi_slopes != nullptr;
+  const bool softcap_on = !kLean && p.softcap > 0.f;
+  const bool has_alibi = !kLean && p.alibi_slopes != nullptr;
+  const bool dropout_on = !kLean && ex.dropout;
   const bool has_mods = softcap_on || has_alibi;
   const float inv_cap = softcap_on ? 1.f / p.softcap : 0.f;
   // Without modifiers the scale folds into the exp2 FFMA; with them x is the natural-log score.
@@ -94,10 +102,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                                                           q() + si.q_offset(p, p.q_batch_stride, p.q_row_stride, b, m0),
                                                           p.q_row_stride, si.sq - m0, p.head_dim, tid);
   };
-  auto issue_do = [&](int m_block) {
+  auto issue_do = [&](int m_block, int stage) {
     const int m0 = m_block * kBlockM;
     load_tile_async<kBlockM, kHeadDim, kPitchD, kThreads>(
-        sdO, dout() + si.q_offset(p, p.dout_batch_stride, p.dout_row_stride, b, m0), p.dout_row_stride, si.sq - m0,
+        sdO + stage * kBlockM * kPitchD, dout() + si.q_offset(p, p.dout_batch_stride, p.dout_row_stride, b, m0), p.dout_row_stride, si.sq - m0,
         p.head_dim, tid);
   };
   // This thread's lse / D row (threads < kBlockM) into registers; stored with store_row_stats later,
@@ -148,7 +156,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         sV, v() + si.k_offset(p, p.v_batch_stride, p.v_row_stride, b, n0), p.v_row_stride, valid_keys, p.head_dim, tid);
     if (m_begin < m_end) {
       issue_q(m_begin, 0);
-      issue_do(m_begin);
+      issue_do(m_begin, 0);
       float lse_r, d_r;
       load_row_stats(m_begin, lse_r, d_r);
       store_row_stats(lse_r, d_r);
@@ -165,18 +173,21 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       const int m0 = m_block * kBlockM;
       const int stage = kQ2 ? (m_block - m_begin) & 1 : 0;
       const Element* sQc = sQ + stage * kBlockM * kPitchD;
+      const Element* sdOc = sdO + (kDO2 ? stage : 0) * kBlockM * kPitchD;
       const bool has_next = m_block + 1 < m_end;
       if constexpr (kQ2) {
         // The other Q buffer was last read by the previous iteration's dK GEMM, which every warp
         // finished before the barrier that ended that iteration.
         if (has_next) {
           issue_q(m_block + 1, stage ^ 1);
+          // (kDO2) The other dO buffer was last read by the previous iteration's dP / dV GEMMs.
+          if constexpr (kDO2) issue_do(m_block + 1, stage ^ 1);
           cp_async_commit();
         }
       }
       // Interior blocks (all rows < sq, all keys < seqused_k, the window hides nothing) without
       // softcap / ALiBi / dropout skip the per-element visibility test and the modifier code.
-      bool plain_block = !has_mods && !ex.dropout && m0 + kBlockM <= si.sq && n0 + kBlockN <= si.sk_used;
+      bool plain_block = !has_mods && !dropout_on && m0 + kBlockM <= si.sq && n0 + kBlockN <= si.sk_used;
       if (plain_block && p.window_left >= 0)  // smallest diag offset j - (i + sk - sq) of the block
         plain_block = int64_t{n0} - (m0 + kBlockM - 1) - si.sk_used + si.sq >= -int64_t{p.window_left};
       if (plain_block && p.window_right >= 0)  // largest one
@@ -189,7 +200,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       const int row_s = ws_m * Cfg::kTileMS, col_s = ws_n * Cfg::kTileNS;
       warp_gemm<Element, MT_S, NT_S, kHeadDim / 16, false, false, Cfg::kSUnroll>(acc_s, sQc + row_s * kPitchD, kPitchD,
                                                                  sK + col_s * kPitchD, kPitchD, lane);
-      warp_gemm<Element, MT_S, NT_S, kHeadDim / 16, false, false, Cfg::kSUnroll>(acc_dp, sdO + row_s * kPitchD, kPitchD,
+      warp_gemm<Element, MT_S, NT_S, kHeadDim / 16, false, false, Cfg::kSUnroll>(acc_dp, sdOc + row_s * kPitchD, kPitchD,
                                                                  sV + col_s * kPitchD, kPitchD, lane);
 
       // ---- P and dS, element-wise on the C fragments: rows (r, r+8), cols (c, c+1) ----
@@ -233,7 +244,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
             store_p_ds(r_loc, c_loc, pv, dsv);
           }
         }
-      } else if (!has_mods && !ex.dropout) {
+      } else if (!has_mods && !dropout_on) {
         // Boundary blocks (causal / window diagonal, sequence ends) without modifiers or dropout:
         // the general path's operations for that case, branch-free. An invisible element gets
         // ex2(-inf) = +0 and dS = +0, as the general path's zeros. Visibility is MaskRule::visible
@@ -271,7 +282,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
             const int j0 = n0 + c_loc;
             Philox4 bits{0, 0, 0, 0};
             // One Philox call per 2x2 group: words x,y,z,w = (r,c) (r,c+1) (r+8,c) (r+8,c+1).
-            if (ex.dropout)
+            if (dropout_on)
               bits = dropout_group_bits(p.rng_state[0], p.rng_state[1], bh, static_cast<uint32_t>(m0 + r_loc),
                                         static_cast<uint32_t>(j0));
             float pv[4], dsv[4];
@@ -291,7 +302,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                 const float prob = exp2f(fmaf(x, x_scale_log2, -lse2[mt][ri]));
                 float dp = acc_dp[mt][nt][e];
                 float p_keep = prob;
-                if (ex.dropout) {
+                if (dropout_on) {
                   const bool keep = dropout_word(bits, e) < ex.keep_threshold;
                   p_keep = keep ? prob * ex.rp_keep : 0.f;
                   dp = keep ? dp * ex.rp_keep : 0.f;
@@ -319,16 +330,20 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                                                                                   sQc + col_kv, kPitchD, lane);
       };
       warp_gemm<Element, MT_KV, NT_KV, kBlockM / 16, true, true, Cfg::kKvUnroll>(acc_dv, sP + row_kv, kPitchN,
-                                                                                sdO + col_kv, kPitchD, lane);
+                                                                                sdOc + col_kv, kPitchD, lane);
       if constexpr (!kQ2) gemm_dk();
-      __syncthreads();  // sdO (and with one Q buffer sQ, sLse, sD) free: prefetch under dQ (and dK)
+      // sdO (and with one Q buffer sQ, sLse, sD) free: prefetch under dQ (and dK). With two dO
+      // buffers the next dO was issued at the top and nothing here needs every warp's progress.
+      if constexpr (!kDO2) __syncthreads();
 
       // lse / D of the next query block: global loads now, stored to smem at the end of the iteration.
       float next_lse = INFINITY, next_d = 0.f;
       if (has_next) {
-        if constexpr (!kQ2) issue_q(m_block + 1, 0);
-        issue_do(m_block + 1);
-        cp_async_commit();
+        if constexpr (!kDO2) {
+          if constexpr (!kQ2) issue_q(m_block + 1, 0);
+          issue_do(m_block + 1, 0);
+          cp_async_commit();
+        }
         load_row_stats(m_block + 1, next_lse, next_d);
       }
 
@@ -391,17 +406,24 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
             // copies. (v4 after a lane-pair shuffle needed the values copied into one aligned
             // register quad per instruction, and every copy waited for the previous reduction to
             // read that quad: ~10 % of the kernel's time stalled there, ncu source counters.)
+            // One 64-bit base per m-tile, 32-bit offsets, and the bounds as the reduction's own
+            // predicate: written with `continue`, every reduction became a branch around 64-bit
+            // address arithmetic (~35 instructions per row in the SASS).
+            const int i_base = m0 + row_q + mt * 16 + g;
+            const int64_t dq_row_stride = static_cast<int64_t>(p.nheads) * p.head_dim;
+            float* tile = dq_acc + (si.q_row0 + i_base) * dq_row_stride + h * p.head_dim + col0 + 2 * t;
 #pragma unroll
             for (int ri = 0; ri < 2; ++ri) {
-              const int i = m0 + row_q + mt * 16 + g + 8 * ri;
-              if (i >= si.sq) continue;
-              float* row = dq_acc + ((si.q_row0 + i) * p.nheads + h) * p.head_dim;
+              const bool row_ok = i_base + 8 * ri < si.sq;
+              float* row = tile + 8 * ri * dq_row_stride;
 #pragma unroll
               for (int nt = 0; nt < NT_Q; ++nt) {
-                const int c = col0 + nt * 8 + 2 * t;  // even, head_dim % 8 == 0: 8-byte aligned
-                if (c >= p.head_dim) continue;
-                asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(row + c), "f"(acc_dq[mt][nt][2 * ri]),
-                             "f"(acc_dq[mt][nt][2 * ri + 1]));
+                // c even and head_dim % 8 == 0: 8-byte aligned, the pair is in or out as a whole.
+                const bool ok = row_ok && col0 + nt * 8 + 2 * t < p.head_dim;
+                asm volatile(
+                    "{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n @p red.global.add.v2.f32 [%0], {%1, %2};\n}\n" ::"l"(
+                        row + nt * 8),
+                    "f"(acc_dq[mt][nt][2 * ri]), "f"(acc_dq[mt][nt][2 * ri + 1]), "r"(static_cast<int>(ok)));
               }
             }
 #endif

@@ -95,6 +95,16 @@ __device__ __forceinline__ void load_tile_async(Element* smem, const Element* ba
     const Element* src = base + static_cast<int64_t>(r0) * row_stride + col;
     const int64_t src_step = static_cast<int64_t>(kRowStep) * row_stride;
     Element* dst = smem + r0 * kPitch + col;
+    if (valid_rows >= kRows && valid_cols >= kCols) {
+      // Whole tile present (all interior blocks): no per-chunk predicate or source select. The
+      // branch is uniform over the CTA.
+#pragma unroll
+      for (int it = 0; it < kChunks / kThreads; ++it) {
+        cp_async_16(dst + it * kRowStep * kPitch, src, true);
+        src += src_step;
+      }
+      return;
+    }
 #pragma unroll
     for (int it = 0; it < kChunks / kThreads; ++it) {
       const bool ok = col_ok && r0 + it * kRowStep < valid_rows;

@@ -24,7 +24,10 @@ namespace flash::sm80 {
 
 // kFull: false = the lean kernel (no dropout, softcap, ALiBi, paged KV or S_dmask: the launcher
 // only picks it when all are off), whose register allocation is not burdened by those paths.
-template <typename Element, int kHeadDim, bool kFull_>
+// kVariant: 1 = S = Q K^T with the register-double-buffered k loop (gemm_abt_smem kPipelined).
+// Lean d >= 160 kernels only (at d = 128 the double buffer spills); the launcher's choice is in
+// fwd_launch.cuh (fwd_tile_variant).
+template <typename Element, int kHeadDim, bool kFull_, int kVariant = 0>
 struct FwdBlock {
   static constexpr bool kFull = kFull_;
   using Cfg = FwdTileConfig<kHeadDim, !kFull>;
@@ -129,6 +132,8 @@ struct FwdBlock {
                                                 p.q_row_stride, sq - m0(), dim_chunks(), tid());
   }
   // Dense K or V rows of key block n (not paged): row r is key n * kBlockN + r of the sequence.
+  // kFastPath: see load_tile_dense_async.
+  template <bool kFastPath = true>
   __device__ __forceinline__ void load_kv_dense_async(Element* dst, const void* base, int64_t batch_stride,
                                                       int64_t row_stride, int64_t head_stride, int n) const {
     const FwdParams& p = args.p;
@@ -136,7 +141,7 @@ struct FwdBlock {
     off += p.cu_seqlens_k != nullptr ? static_cast<int64_t>(k_start) * row_stride
                                      : static_cast<int64_t>(b()) * batch_stride;
     const int first = n * kBlockN;
-    load_tile_dense_async<Cfg::kThreads, KVTile>(
+    load_tile_dense_async<Cfg::kThreads, KVTile, kFastPath>(
         dst, static_cast<const Element*>(base) + off + static_cast<int64_t>(first) * row_stride, row_stride,
         sk - first, dim_chunks(), tid());
   }
@@ -145,7 +150,9 @@ struct FwdBlock {
   __device__ __forceinline__ void load_k_async(int n) const {
     const FwdParams& p = args.p;
     if (!paged()) {
-      load_kv_dense_async(sK(), p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, n);
+      // K(n-1) is issued while P (packed) is live: at d = 128 the second code path of the whole-tile
+      // fast path made ptxas spill 6 registers per key block, so d = 128 keeps one path there.
+      load_kv_dense_async<kHeadDim != 128>(sK(), p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, n);
       return;
     }
     const KvRows<Element> rows = kv_rows(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, n);
@@ -167,7 +174,7 @@ struct FwdBlock {
   __device__ __forceinline__ void scores(float (&s)[MT][NT][4], int n, bool force_mask) const {
     const FwdParams& p = args.p;
     zero_acc(s);
-    gemm_abt_smem<MT, NT, kHeadDim, QTile, KVTile>(s, sQ(), warp() * Cfg::kWarpRows, sK(), 0, lane());
+    gemm_abt_smem<MT, NT, kHeadDim, QTile, KVTile, (kVariant == 1)>(s, sQ(), warp() * Cfg::kWarpRows, sK(), 0, lane());
     const int n0 = n * kBlockN;
     const MaskRule r = rule();
     if (has_mods()) {

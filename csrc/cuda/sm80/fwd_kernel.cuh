@@ -72,13 +72,14 @@ __device__ __forceinline__ void fwd_epilogue(const Blk& blk, const FwdKernelArgs
   }
 }
 
-template <typename Element, int kHeadDim, bool kFull>
+template <typename Element, int kHeadDim, bool kFull, int kVariant = 0>
 __global__ void __launch_bounds__(FwdTileConfig<kHeadDim, !kFull>::kThreads, 1)
     fwd_kernel(const __grid_constant__ FwdKernelArgs args) {
-  using Blk = FwdBlock<Element, kHeadDim, kFull>;
+  using Blk = FwdBlock<Element, kHeadDim, kFull, kVariant>;
   using Cfg = typename Blk::Cfg;
   constexpr int MT = Blk::MT, NT = Blk::NT, DT = Blk::DT;
   constexpr int kBlockN = Cfg::kBlockN;
+  constexpr bool kLazyRescale = !kFull && kHeadDim >= 128;
   extern __shared__ __align__(16) unsigned char smem[];
   const FwdParams& p = args.p;
 
@@ -112,7 +113,12 @@ __global__ void __launch_bounds__(FwdTileConfig<kHeadDim, !kFull>::kThreads, 1)
     cp_async_commit();
     float s[MT][NT][4];
     blk.scores(s, n, /*force_mask=*/false);
-    sm.update(s, acc_o, blk.x_scale_log2());
+    // Lazy rescaling where the O rescale is large (d >= 128); at d = 64 (128 x 128 tile, 128 score
+    // registers) its extra code spilled ~100 B and the rescale is only 64 multiplies per 128 keys.
+    if (kLazyRescale && args.lazy_rescale)
+      sm.update_lazy(s, acc_o, blk.x_scale_log2());
+    else
+      sm.update(s, acc_o, blk.x_scale_log2());
     cp_async_wait_all();
     __syncthreads();  // V(n) landed; every warp finished Q K^T and the mask (sK, key_ok free)
     if (n > n_min) {

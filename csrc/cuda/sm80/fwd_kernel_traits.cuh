@@ -43,6 +43,7 @@ struct FwdKernelArgs {
   float rp_dropout;        // 1 / (1 - dropout_p)
   uint32_t keep_threshold; // dropout_keep_threshold(dropout_p)
   int head_ratio;          // nheads / nheads_k
+  int lazy_rescale;        // lean kernels: OnlineSoftmax::update_lazy (FLASH_SM80_FWD_LAZY=0 turns it off)
 };
 
 }  // namespace flash::sm80

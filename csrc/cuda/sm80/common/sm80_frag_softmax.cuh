@@ -70,6 +70,52 @@ struct OnlineSoftmax {
     }
   }
 
+  // update() with lazy rescaling (the trick of FlashAttention-4): a row keeps its running max
+  // while the block's max exceeds it by at most kLazyLog2 (probabilities then reach at most
+  // 2^kLazyLog2 = 256, harmless for fp32 sums / accumulators and for the 16-bit P operand, whose
+  // relative precision does not depend on magnitude). Only when some row of the warp needs a new max
+  // does the warp run update() (warp-uniform, so no divergence): the O rescale (DT * 4 * MT
+  // multiplies) and the correction exponentials disappear from almost every key block. The result
+  // is the same softmax; lse() uses the max the sums were taken against.
+  static constexpr float kLazyLog2 = 8.f;
+  template <int NT, int DT>
+  __device__ __forceinline__ void update_lazy(float (&s)[MT][NT][4], float (&o)[MT][DT][4], float scale_log2) {
+    float blk_max[MT][2];
+    bool need = false;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float m = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) m = fmaxf(m, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+        blk_max[mt][h] = quad_max(m);
+        // A row that saw nothing (-inf) and now sees a key needs a max; -inf blocks never do
+        // ((-inf) - m is -inf or NaN, both compare false).
+        need |= (blk_max[mt][h] - row_max[mt][h]) * scale_log2 > kLazyLog2;
+      }
+    if (__any_sync(0xffffffffu, need)) {
+      update(s, o, scale_log2);
+      return;
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float off = offset_of(row_max[mt][h], scale_log2);
+        float sum = row_sum[mt][h];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float p = exp2f(fmaf(s[mt][nt][2 * h + e], scale_log2, -off));
+            s[mt][nt][2 * h + e] = p;
+            sum += p;
+          }
+        row_sum[mt][h] = sum;
+      }
+  }
+
   // Completes the row sums across the quad (call once, after the last update).
   __device__ __forceinline__ void finalize() {
 #pragma unroll

@@ -55,7 +55,10 @@ __device__ __forceinline__ void zero_acc(float (&acc)[MT][NT][4]) {
 // acc[MT][NT] += A * B^T where A = smem rows a_row0 .. a_row0 + 16 MT - 1 (row major, reduction
 // dim contiguous) and B = smem rows 0 .. 8 NT - 1 (row major, reduction dim contiguous), over
 // reduction columns [0, kDepth). Used for S = Q K^T (and dP = dO V^T, ...).
-template <int MT, int NT, int kDepth, typename TileA, typename TileB, typename Element>
+// kPipelined: the fragments of k-step kk + 1 are loaded (second register buffer) before the MMAs
+// of k-step kk, so no k-step waits for its own ldmatrix latency (FA2's register double buffer).
+// Costs 4 (MT + NT / 2) registers more; meant for MT = 1 (d >= 160 tiles).
+template <int MT, int NT, int kDepth, typename TileA, typename TileB, bool kPipelined = false, typename Element>
 __device__ __forceinline__ void gemm_abt_smem(float (&acc)[MT][NT][4], const Element* sA, int a_row0,
                                               const Element* sB, int b_row0, int lane) {
   static_assert(NT % 2 == 0, "B is fetched as pairs of n-tiles");
@@ -67,6 +70,44 @@ __device__ __forceinline__ void gemm_abt_smem(float (&acc)[MT][NT][4], const Ele
   //           = b0, b1 of n-tile 2p, then b0, b1 of n-tile 2p + 1.
   const int b_row = b_row0 + (lane & 7) + (lane >> 4) * 8;
   const int b_col = ((lane >> 3) & 1) * 8;
+  if constexpr (kPipelined) {
+    constexpr int kSteps = kDepth / 16;
+    static_assert(kSteps % 2 == 0, "k-steps are taken in pairs (buffer 0, buffer 1)");
+    uint32_t fa[2][MT][4], fb[2][NT / 2][4];
+    auto load = [&](int buf, int kk) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+        cute::SM75_U32x4_LDSM_N::copy(
+            *reinterpret_cast<const cute::uint128_t*>(sA + TileA::offset(a_row + mt * 16, kk * 16 + a_col)),
+            fa[buf][mt][0], fa[buf][mt][1], fa[buf][mt][2], fa[buf][mt][3]);
+#pragma unroll
+      for (int p = 0; p < NT / 2; ++p)
+        cute::SM75_U32x4_LDSM_N::copy(
+            *reinterpret_cast<const cute::uint128_t*>(sB + TileB::offset(b_row + p * 16, kk * 16 + b_col)),
+            fb[buf][p][0], fb[buf][p][1], fb[buf][p][2], fb[buf][p][3]);
+    };
+    auto mma = [&](int buf) {
+#pragma unroll
+      for (int p = 0; p < NT / 2; ++p)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float* c = acc[mt][2 * p + h];
+            Atom::fma(c[0], c[1], c[2], c[3], fa[buf][mt][0], fa[buf][mt][1], fa[buf][mt][2], fa[buf][mt][3],
+                      fb[buf][p][2 * h], fb[buf][p][2 * h + 1], c[0], c[1], c[2], c[3]);
+          }
+    };
+    load(0, 0);
+#pragma unroll
+    for (int kk = 0; kk < kSteps; kk += 2) {
+      load(1, kk + 1);
+      mma(0);
+      if (kk + 2 < kSteps) load(0, kk + 2);
+      mma(1);
+    }
+    return;
+  }
   // kk indexes no register array (only smem addresses), so the loop need not be fully unrolled;
   // a partial unroll stops ptxas from hoisting many k-steps of ldmatrix results (register
   // pressure / spills next to a 128-float O accumulator) while still overlapping loads and MMAs.
