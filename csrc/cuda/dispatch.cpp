@@ -13,6 +13,7 @@
 #if defined(FLASH_ATTN_WITH_SM90)
 #include "cuda/sm90/sm90.h"
 #include "cuda/sm90/sm90_bwd.h"
+#include "cuda/sm90/sm90_bwd256.h"
 #endif
 
 namespace flash::cuda {
@@ -106,6 +107,7 @@ bool sm90_bwd_ok(const BwdParams& p, std::string* why) {
     *why = "device";
     return false;
   }
+  if (sm90::is_wide_bwd_head_dim(p.head_dim)) return sm90::supports_bwd256(p, why);
   return sm90::supports_bwd(p, why);
 #else
   (void)p;
@@ -155,7 +157,10 @@ size_t fwd_workspace_size(const FwdParams& params) {
 
 size_t bwd_workspace_size(const BwdParams& params) {
 #if defined(FLASH_ATTN_WITH_SM90)
-  if (choose_bwd(params) == Impl::kSm90) return sm90::bwd_workspace_size(params);
+  if (choose_bwd(params) == Impl::kSm90) {
+    return sm90::is_wide_bwd_head_dim(params.head_dim) ? sm90::bwd256_workspace_size(params)
+                                                        : sm90::bwd_workspace_size(params);
+  }
 #else
   choose_bwd(params);
 #endif
@@ -187,7 +192,11 @@ Impl bwd(const BwdParams& params, void* stream) {
   const Impl impl = choose_bwd(params);
 #if defined(FLASH_ATTN_WITH_SM90)
   if (impl == Impl::kSm90) {
-    sm90::run_bwd(params, stream);
+    if (sm90::is_wide_bwd_head_dim(params.head_dim)) {
+      sm90::run_bwd256(params, stream);
+    } else {
+      sm90::run_bwd(params, stream);
+    }
     check_launch();
     return impl;
   }
