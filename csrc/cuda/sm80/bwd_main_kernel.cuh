@@ -33,10 +33,25 @@
 
 namespace flash::sm80::bwd {
 
+// Floor / ceiling of a / b for b > 0 and any sign of a.
+__device__ __forceinline__ int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+__device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+
+// Flags of the main kernel (defaults per head dim and the FLASH_SM80_BWD_VARIANT switch: bwd_launch.cuh).
+// Same arithmetic, same results; fewer instructions per warp and query block:
+// kBwdPlainRange: plain_block is a range test against [m_plain_lo, m_plain_hi], solved once per key
+//   block from the same linear inequalities (was ~48 SASS instructions of 64-bit compares).
+// kBwdRedFast: the dQ reductions of a query block whose rows all exist and whose head dim is the
+//   bucket's run unpredicated (sm_90; the predicate of each red made ptxas emit a branch region per
+//   reduction, ~5 instructions each: d128 ~40 -> ~15 per m-tile).
+// kBwdFusedSdP: S = Q K^T and dP = dO V^T in one k loop (twice the independent accumulators per
+//   k-step; the mma sequence of each accumulator is unchanged).
+constexpr int kBwdPlainRange = 1, kBwdRedFast = 2, kBwdFusedSdP = 4;
+
 // kLean: the launcher guarantees no softcap, ALiBi or dropout, so those predicates are compile-time
 // false and the general element-wise path is dead code: smaller kernel (instruction-cache misses
 // were ~2 % of the stall samples) and a register allocation for the common path alone.
-template <typename Cfg, bool kLean = false>
+template <typename Cfg, bool kLean = false, int kVariant = 0>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     bwd_main_kernel(const BwdParams p, const BwdWorkspace ws, const BwdExtra ex) {
   using Element = typename Cfg::Element;
@@ -169,6 +184,26 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     zero_acc(acc_dk);
     zero_acc(acc_dv);
 
+    // kBwdPlainRange: the query blocks whose plain_block test (below) holds form the range
+    // [m_plain_lo, m_plain_hi]: each condition is linear in m0 = m_block * kBlockM.
+    int m_plain_lo = 1, m_plain_hi = 0;  // empty
+    if constexpr ((kVariant & kBwdPlainRange) != 0) {
+      if (!has_mods && !dropout_on && n0 + kBlockN <= si.sk_used) {
+        // m0 + kBlockM <= sq
+        int64_t hi = floor_div(int64_t{si.sq} - kBlockM, kBlockM), lo = 0;
+        // n0 - (m0 + kBlockM - 1) - sk_used + sq >= -window_left
+        if (p.window_left >= 0)
+          hi = min(hi, floor_div(int64_t{n0} - (kBlockM - 1) - si.sk_used + si.sq + p.window_left, kBlockM));
+        // n0 + kBlockN - 1 - m0 - sk_used + sq <= window_right
+        if (p.window_right >= 0)
+          lo = max(lo, ceil_div(int64_t{n0} + kBlockN - 1 - si.sk_used + si.sq - p.window_right, kBlockM));
+        if (lo <= hi && hi >= 0 && lo <= INT_MAX) {
+          m_plain_lo = static_cast<int>(lo);
+          m_plain_hi = static_cast<int>(min(hi, int64_t{INT_MAX}));
+        }
+      }
+    }
+
     for (int m_block = m_begin; m_block < m_end; ++m_block) {
       const int m0 = m_block * kBlockM;
       const int stage = kQ2 ? (m_block - m_begin) & 1 : 0;
@@ -187,21 +222,37 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       }
       // Interior blocks (all rows < sq, all keys < seqused_k, the window hides nothing) without
       // softcap / ALiBi / dropout skip the per-element visibility test and the modifier code.
-      bool plain_block = !has_mods && !dropout_on && m0 + kBlockM <= si.sq && n0 + kBlockN <= si.sk_used;
-      if (plain_block && p.window_left >= 0)  // smallest diag offset j - (i + sk - sq) of the block
-        plain_block = int64_t{n0} - (m0 + kBlockM - 1) - si.sk_used + si.sq >= -int64_t{p.window_left};
-      if (plain_block && p.window_right >= 0)  // largest one
-        plain_block = int64_t{n0} + kBlockN - 1 - m0 - si.sk_used + si.sq <= int64_t{p.window_right};
+      bool plain_block;
+      if constexpr ((kVariant & kBwdPlainRange) != 0) {
+        plain_block = m_block >= m_plain_lo && m_block <= m_plain_hi;
+      } else {
+        plain_block = !has_mods && !dropout_on && m0 + kBlockM <= si.sq && n0 + kBlockN <= si.sk_used;
+        if (plain_block && p.window_left >= 0)  // smallest diag offset j - (i + sk - sq) of the block
+          plain_block = int64_t{n0} - (m0 + kBlockM - 1) - si.sk_used + si.sq >= -int64_t{p.window_left};
+        if (plain_block && p.window_right >= 0)  // largest one
+          plain_block = int64_t{n0} + kBlockN - 1 - m0 - si.sk_used + si.sq <= int64_t{p.window_right};
+      }
 
       // ---- S = Q K^T and dP = dO V^T for this warp's kTileMS x kTileNS tile ----
       float acc_s[MT_S][NT_S][4], acc_dp[MT_S][NT_S][4];
       zero_acc(acc_s);
       zero_acc(acc_dp);
       const int row_s = ws_m * Cfg::kTileMS, col_s = ws_n * Cfg::kTileNS;
-      warp_gemm<Element, MT_S, NT_S, kHeadDim / 16, false, false, Cfg::kSUnroll>(acc_s, sQc + row_s * kPitchD, kPitchD,
-                                                                 sK + col_s * kPitchD, kPitchD, lane);
-      warp_gemm<Element, MT_S, NT_S, kHeadDim / 16, false, false, Cfg::kSUnroll>(acc_dp, sdOc + row_s * kPitchD, kPitchD,
-                                                                 sV + col_s * kPitchD, kPitchD, lane);
+      if constexpr ((kVariant & kBwdFusedSdP) != 0) {
+        // One k loop for both GEMMs: each accumulator gets the same mma sequence as below.
+#pragma unroll
+        for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+          warp_gemm_kstep<Element, MT_S, NT_S, false, false>(acc_s, sQc + row_s * kPitchD, kPitchD,
+                                                             sK + col_s * kPitchD, kPitchD, lane, ks * 16);
+          warp_gemm_kstep<Element, MT_S, NT_S, false, false>(acc_dp, sdOc + row_s * kPitchD, kPitchD,
+                                                             sV + col_s * kPitchD, kPitchD, lane, ks * 16);
+        }
+      } else {
+        warp_gemm<Element, MT_S, NT_S, kHeadDim / 16, false, false, Cfg::kSUnroll>(acc_s, sQc + row_s * kPitchD,
+                                                                   kPitchD, sK + col_s * kPitchD, kPitchD, lane);
+        warp_gemm<Element, MT_S, NT_S, kHeadDim / 16, false, false, Cfg::kSUnroll>(acc_dp, sdOc + row_s * kPitchD,
+                                                                   kPitchD, sV + col_s * kPitchD, kPitchD, lane);
+      }
 
       // ---- P and dS, element-wise on the C fragments: rows (r, r+8), cols (c, c+1) ----
       // Rows of this thread: r_loc(mt) = ws_m * kTileMS + 16 mt + g (+ 8). Read after the GEMMs:
@@ -412,6 +463,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
             const int i_base = m0 + row_q + mt * 16 + g;
             const int64_t dq_row_stride = static_cast<int64_t>(p.nheads) * p.head_dim;
             float* tile = dq_acc + (si.q_row0 + i_base) * dq_row_stride + h * p.head_dim + col0 + 2 * t;
+            if ((kVariant & kBwdRedFast) != 0 && m0 + kBlockM <= si.sq && p.head_dim == kHeadDim) {
+              // Every row and column of the block exists (uniform over the CTA): no predicates.
+#pragma unroll
+              for (int ri = 0; ri < 2; ++ri) {
+                float* row = tile + 8 * ri * dq_row_stride;
+#pragma unroll
+                for (int nt = 0; nt < NT_Q; ++nt)
+                  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(row + nt * 8),
+                               "f"(acc_dq[mt][nt][2 * ri]), "f"(acc_dq[mt][nt][2 * ri + 1]));
+              }
+              continue;
+            }
 #pragma unroll
             for (int ri = 0; ri < 2; ++ri) {
               const bool row_ok = i_base + 8 * ri < si.sq;

@@ -22,14 +22,20 @@
 
 namespace flash::sm80 {
 
+constexpr int kVarPipelinedS = 1, kVarSplitMask = 2, kVarEarlyBarrier = 4, kVarSplitPV = 16;
+
 // kFull: false = the lean kernel (no dropout, softcap, ALiBi, paged KV or S_dmask: the launcher
 // only picks it when all are off), whose register allocation is not burdened by those paths.
-// kVariant: 1 = S = Q K^T with the register-double-buffered k loop (gemm_abt_smem kPipelined).
-// Lean d >= 160 kernels only (at d = 128 the double buffer spills); the launcher's choice is in
-// fwd_launch.cuh (fwd_tile_variant).
+// kVariant: bit flags of the lean kernel (the launcher's choice is in fwd_launch.cuh):
+//   kVarPipelinedS: S = Q K^T with the register-double-buffered k loop (gemm_abt_smem kPipelined);
+//     d >= 160 only (at d = 128 the double buffer spills);
+//   kVarEarlyBarrier: main-loop order, see fwd_kernel.cuh (fwd_key_block);
+//   kVarSplitPV (with kVarSplitMask): O += P V split by head dim across the warps, P through shared
+//     memory, and a main loop split into masked / mask-free key blocks (fwd_splitpv.cuh; d = 256).
 template <typename Element, int kHeadDim, bool kFull_, int kVariant = 0>
 struct FwdBlock {
   static constexpr bool kFull = kFull_;
+  static constexpr int kVariantFlags = kVariant;
   using Cfg = FwdTileConfig<kHeadDim, !kFull>;
   using ElementT = Element;
   using QTile = typename Cfg::QTile;
@@ -171,10 +177,15 @@ struct FwdBlock {
 
   // S = Q K^T for key block n (K in sK), modifiers applied, invisible elements -inf.
   // force_mask: apply the element mask even on interior blocks (the probs pass).
+  // kMaskMode: kMaskAuto decides per block (run-time test); kMaskNever / kMaskAlways are for callers
+  // that already know (the split main loop: no mask code at all in the interior loop's body).
+  static constexpr int kMaskAuto = 0, kMaskNever = 1, kMaskAlways = 2;
+  template <int kMaskMode = kMaskAuto>
   __device__ __forceinline__ void scores(float (&s)[MT][NT][4], int n, bool force_mask) const {
     const FwdParams& p = args.p;
     zero_acc(s);
-    gemm_abt_smem<MT, NT, kHeadDim, QTile, KVTile, (kVariant == 1)>(s, sQ(), warp() * Cfg::kWarpRows, sK(), 0, lane());
+    gemm_abt_smem<MT, NT, kHeadDim, QTile, KVTile, ((kVariant & 1) != 0)>(s, sQ(), warp() * Cfg::kWarpRows, sK(),
+                                                                            0, lane());
     const int n0 = n * kBlockN;
     const MaskRule r = rule();
     if (has_mods()) {
@@ -183,7 +194,8 @@ struct FwdBlock {
           alibi ? p.alibi_slopes[static_cast<int64_t>(b()) * p.alibi_batch_stride + h()] : 0.f;
       apply_score_mods(s, p.softmax_scale, p.softcap, alibi, slope, r, warp_row0(), n0, lane());
     }
-    if (force_mask || paged() || !block_fully_visible(r, m0(), last_row(), n0, kBlockN)) {
+    if constexpr (kMaskMode == kMaskNever) return;
+    if (kMaskMode == kMaskAlways || force_mask || paged() || !block_fully_visible(r, m0(), last_row(), n0, kBlockN)) {
       apply_visibility(s, r, warp_row0(), n0, paged() ? key_ok() : nullptr, kKeyOkStride, lane());
     }
   }

@@ -5,10 +5,13 @@
 //   wait K(n) | issue V(n) | S = Q K^T | modifiers, mask | online softmax (rescale O)
 //   wait V(n) | issue K(n-1) | dropout on P | O += P V
 // so V(n) streams in during Q K^T and K(n-1) during P V. Every feature is a run-time flag.
+// The lean kernels' defaults (fwd_launch.cuh) change the order or the whole loop: kVarEarlyBarrier
+// (d64 / d128) waits for V(n) and issues K(n-1) before the softmax; d256 runs fwd_splitpv.cuh.
 #pragma once
 
 #include "cuda/sm80/fwd_block.cuh"
 #include "cuda/sm80/fwd_probs.cuh"
+#include "cuda/sm80/fwd_splitpv.cuh"
 
 namespace flash::sm80 {
 
@@ -72,14 +75,55 @@ __device__ __forceinline__ void fwd_epilogue(const Blk& blk, const FwdKernelArgs
   }
 }
 
+// One key block n of the main loop (pipeline in the file header). kMaskMode: see FwdBlock::scores.
+// kVarEarlyBarrier (lean): the second wait + barrier and the issue of K(n-1) come right after S = Q K^T
+// (FA2's order), so K(n-1) streams during the softmax too; otherwise the softmax runs first and V(n)
+// gets the softmax's time to land.
+template <int kMaskMode, typename Blk, int MT, int DT>
+__device__ __forceinline__ void fwd_key_block(const Blk& blk, const FwdKernelArgs& args, int n, int n_min,
+                                              float (&acc_o)[MT][DT][4], OnlineSoftmax<MT>& sm) {
+  using Cfg = typename Blk::Cfg;
+  constexpr int NT = Blk::NT;
+  constexpr int kBlockN = Cfg::kBlockN;
+  constexpr bool kFull = Blk::kFull;
+  constexpr int kHeadDim = Cfg::kHeadDim;
+  constexpr bool kLazyRescale = !kFull && kHeadDim >= 128;
+  constexpr bool kEarlyBarrier = !kFull && (Blk::kVariantFlags & kVarEarlyBarrier) != 0;
+  cp_async_wait_all();
+  __syncthreads();  // K(n) landed; every warp finished P V of the previous block (sV free)
+  blk.load_v_async(n);
+  cp_async_commit();
+  float s[MT][NT][4];
+  blk.template scores<kMaskMode>(s, n, /*force_mask=*/false);
+  auto wait_v_issue_k = [&] {
+    cp_async_wait_all();
+    __syncthreads();  // V(n) landed; every warp finished Q K^T and the mask (sK, key_ok free)
+    if (n > n_min) {
+      blk.load_k_async(n - 1);
+      cp_async_commit();
+    }
+  };
+  if (kEarlyBarrier) wait_v_issue_k();
+  // Lazy rescaling where the O rescale is large (d >= 128); at d = 64 (128 x 128 tile, 128 score
+  // registers) its extra code spilled ~100 B and the rescale is only 64 multiplies per 128 keys.
+  if (kLazyRescale && args.lazy_rescale)
+    sm.update_lazy(s, acc_o, blk.x_scale_log2());
+  else
+    sm.update(s, acc_o, blk.x_scale_log2());
+  if (!kEarlyBarrier) wait_v_issue_k();
+  if constexpr (kFull) {  // (constexpr: the lean tile may exceed the dropout mask's 64 bits)
+    if (blk.has_dropout()) apply_dropout<false>(s, blk.dropout(), blk.warp_row0(), n * kBlockN, blk.lane());
+  }
+  gemm_rs_v<MT, DT, NT, typename Cfg::KVTile>(acc_o, s, blk.sV(), blk.lane());
+}
+
 template <typename Element, int kHeadDim, bool kFull, int kVariant = 0>
 __global__ void __launch_bounds__(FwdTileConfig<kHeadDim, !kFull>::kThreads, 1)
     fwd_kernel(const __grid_constant__ FwdKernelArgs args) {
   using Blk = FwdBlock<Element, kHeadDim, kFull, kVariant>;
   using Cfg = typename Blk::Cfg;
-  constexpr int MT = Blk::MT, NT = Blk::NT, DT = Blk::DT;
+  constexpr int MT = Blk::MT, DT = Blk::DT;
   constexpr int kBlockN = Cfg::kBlockN;
-  constexpr bool kLazyRescale = !kFull && kHeadDim >= 128;
   extern __shared__ __align__(16) unsigned char smem[];
   const FwdParams& p = args.p;
 
@@ -101,35 +145,19 @@ __global__ void __launch_bounds__(FwdTileConfig<kHeadDim, !kFull>::kThreads, 1)
   if (n_max > n_min) blk.load_k_async(n_max - 1);
   cp_async_commit();
 
+  if constexpr (!kFull && (kVariant & kVarSplitPV) != 0) {
+    fwd_main_splitpv(blk, args, n_min, n_max);
+    return;
+  }
+
   float acc_o[MT][DT][4];
   zero_acc(acc_o);
   OnlineSoftmax<MT> sm;
   sm.init();
 
-  for (int n = n_max - 1; n >= n_min; --n) {
-    cp_async_wait_all();
-    __syncthreads();  // K(n) landed; every warp finished P V of the previous block (sV free)
-    blk.load_v_async(n);
-    cp_async_commit();
-    float s[MT][NT][4];
-    blk.scores(s, n, /*force_mask=*/false);
-    // Lazy rescaling where the O rescale is large (d >= 128); at d = 64 (128 x 128 tile, 128 score
-    // registers) its extra code spilled ~100 B and the rescale is only 64 multiplies per 128 keys.
-    if (kLazyRescale && args.lazy_rescale)
-      sm.update_lazy(s, acc_o, blk.x_scale_log2());
-    else
-      sm.update(s, acc_o, blk.x_scale_log2());
-    cp_async_wait_all();
-    __syncthreads();  // V(n) landed; every warp finished Q K^T and the mask (sK, key_ok free)
-    if (n > n_min) {
-      blk.load_k_async(n - 1);
-      cp_async_commit();
-    }
-    if constexpr (kFull) {  // (constexpr: the lean tile may exceed the dropout mask's 64 bits)
-      if (blk.has_dropout()) apply_dropout<false>(s, blk.dropout(), blk.warp_row0(), n * kBlockN, blk.lane());
-    }
-    gemm_rs_v<MT, DT, NT, typename Cfg::KVTile>(acc_o, s, blk.sV(), blk.lane());
-  }
+  // (A split loop without the mask code on interior blocks, kVarSplitMask alone, issued 19 % fewer
+  // instructions at d = 256 but ran 1-3 % slower; it lives on only inside kVarSplitPV, fwd_splitpv.cuh.)
+  for (int n = n_max - 1; n >= n_min; --n) fwd_key_block<Blk::kMaskAuto>(blk, args, n, n_min, acc_o, sm);
   cp_async_wait_all();  // the Q load when no key block was visited
   sm.finalize();
 

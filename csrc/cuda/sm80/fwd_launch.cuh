@@ -14,13 +14,18 @@
 
 namespace flash::sm80 {
 
+template <typename Cfg, bool kFull, int kVariant>
+constexpr int fwd_smem_bytes() {
+  return !kFull && (kVariant & kVarSplitPV) != 0 ? SplitPvSmem<Cfg>::kBytes : Cfg::kSmemBytes;
+}
+
 template <typename Element, int kHeadDim, bool kFull, int kVariant = 0>
 void launch_fwd_kernel(const FwdKernelArgs& args, cudaStream_t stream) {
   using Cfg = FwdTileConfig<kHeadDim, !kFull>;
   const FwdParams& params = args.p;
   const int num_m_blocks = (params.seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
   auto kernel = &fwd_kernel<Element, kHeadDim, kFull, kVariant>;
-  constexpr int kSmem = Cfg::kSmemBytes;
+  constexpr int kSmem = fwd_smem_bytes<Cfg, kFull, kVariant>();
   if (kSmem > 48 * 1024) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (e != cudaSuccess) {
@@ -34,31 +39,48 @@ void launch_fwd_kernel(const FwdKernelArgs& args, cudaStream_t stream) {
   if (e != cudaSuccess) throw DeviceError(std::string("sm80 fwd launch: ") + cudaGetErrorString(e));
 }
 
-// Lean kernel variant for d >= 160 (FwdBlock kVariant): 0 = the unroll-by-2 S = Q K^T loop,
-// 1 = the register-double-buffered loop (H100, d256 bf16, round 1: ncu 4.95 -> 4.75 ms; round 2
-// bench vs 0: 2K / 8K +0 / +4 %, causal +2 / +1 %). Default: 1 at d = 256 (measured), 0 for 160..224
-// (not measured). FLASH_SM80_FWD_VARIANT=0|1 (read once per process) overrides it for every d >= 160.
-// (Tried and removed: the same loop on FA2's 128 x 64 tile with 8 warps, 8-9 % slower in round 2.)
-inline int fwd_tile_variant_env() {
-  static const int v = [] {
-    const char* s = std::getenv("FLASH_SM80_FWD_VARIANT");
-    return s != nullptr ? std::atoi(s) : -1;
-  }();
-  return v;
+// Lean kernel variant = bit flags (fwd_block.cuh): kVarPipelinedS (1), kVarSplitMask (2),
+// kVarEarlyBarrier (4), kVarSplitPV (16). Measured on the H100 (bf16, 16K tokens, 2K / 8K, non-causal
+// then causal; in-process A/B, medians of 3; README.md "Performance pass 4"):
+// - kVarPipelinedS at d256 (pass 3: ncu 4.95 -> 4.75 ms; bench 2K / 8K +0 / +4 %, causal +2 / +1 %).
+// - kVarEarlyBarrier: d64 +5.0 / +3.4 / +4.9 / +4.4 % (round 2: +4.7 / +4.2 / +5.5 / +4.9 %), d128
+//   +0.7 / -0.1 / +0.6 / +0.9 % (round 2: +0.7 / +1.7 / +1.2 / +1.3 %), d256 +0.4 / -0.4 / +3.8 / +2.9 %.
+// - kVarSplitMask alone at d256: -3.4 / -2.0 / -0.8 / -2.7 % (19 % fewer instructions, yet slower).
+// - kVarSplitPV + kVarSplitMask at d256 (19) vs 1 | 4: bf16 +9.6 / +6.3 / +2.3 / +7.8 %, fp16 +7.2 / +8.5 /
+//   +2.0 / +7.8 %; without the split mask loop (17) only -2..+2 %.
+// - FA2's 128 x 64 tile with 8 warps and the pipelined loop (pass 3): 8-9 % slower (removed).
+// Defaults: d256 19 (1 | 4 where the device lacks the ~110 KB of smem), d64 / d128 4, d 160..224 0
+// (pipelined S / early barrier not measured there). FLASH_SM80_FWD_VARIANT=<flags> overrides the
+// default, read on every call (cheap next to a launch) so that one process can interleave A/B runs;
+// the sets compiled per head dim are listed in launch_fwd, an unlisted set runs the default.
+inline int fwd_variant_env() {
+  const char* s = std::getenv("FLASH_SM80_FWD_VARIANT");
+  return s != nullptr && *s != '\0' ? std::atoi(s) : -1;
 }
 template <int kHeadDim>
 inline int fwd_tile_variant() {
-  const int v = fwd_tile_variant_env();
-  return v >= 0 ? v : (kHeadDim == 256 ? 1 : 0);
+  const int v = fwd_variant_env();
+  if (v >= 0) return v;
+  if (kHeadDim == 256) return kVarPipelinedS | kVarSplitMask | kVarSplitPV;
+  return kHeadDim == 64 || kHeadDim == 128 ? kVarEarlyBarrier : 0;
 }
 
-// FLASH_SM80_FWD_LAZY=0 (read once per process) turns the lean kernels' lazy softmax rescaling off.
+// FLASH_SM80_FWD_LAZY=0 turns the lean kernels' lazy softmax rescaling off (read on every call).
 inline bool fwd_lazy_rescale() {
-  static const bool on = [] {
-    const char* s = std::getenv("FLASH_SM80_FWD_LAZY");
-    return s == nullptr || std::atoi(s) != 0;
-  }();
-  return on;
+  const char* s = std::getenv("FLASH_SM80_FWD_LAZY");
+  return s == nullptr || *s == '\0' || std::atoi(s) != 0;
+}
+
+// Runs the lean kernel instantiated for flag set `v`, from the compiled list; the first entry is the
+// fallback when `v` is not in the list.
+template <typename Element, int kHeadDim, int kFirst, int... kRest>
+void launch_lean_variant(int v, const FwdKernelArgs& args, cudaStream_t stream) {
+  if constexpr (sizeof...(kRest) == 0) {
+    launch_fwd_kernel<Element, kHeadDim, false, kFirst>(args, stream);
+  } else {
+    if (v == kFirst) return launch_fwd_kernel<Element, kHeadDim, false, kFirst>(args, stream);
+    launch_lean_variant<Element, kHeadDim, kRest...>(v, args, stream);
+  }
 }
 
 template <typename Element, int kHeadDim>
@@ -79,10 +101,24 @@ void launch_fwd(const FwdParams& params, cudaStream_t stream) {
                     params.block_table != nullptr || params.attn_probs != nullptr;
   if (full) {
     launch_fwd_kernel<Element, kHeadDim, true>(args, stream);
+    return;
+  }
+  int v = fwd_tile_variant<kHeadDim>();
+  constexpr int S = kVarSplitMask, E = kVarEarlyBarrier, P = kVarSplitPV;
+  if constexpr (kHeadDim == 256) {
+    // kVarSplitPV needs ~110 KB of shared memory (sm86 / sm89: 99 KB): 1 | E runs there instead.
+    int optin = 0;
+    if ((v & P) != 0 &&
+        (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, params.device_index) != cudaSuccess ||
+         optin < SplitPvSmem<FwdTileConfig<kHeadDim, true>>::kBytes))
+      v = 1 | E;
+    launch_lean_variant<Element, kHeadDim, 1 | S | P, 1 | E>(v, args, stream);
+  } else if constexpr (kHeadDim == 64 || kHeadDim == 128) {
+    // (kVarSplitMask spilled 8-84 B here: the per-block mask test was a real branch already.)
+    launch_lean_variant<Element, kHeadDim, E, 0>(v, args, stream);
+  } else if constexpr (kHeadDim >= 160) {
+    launch_lean_variant<Element, kHeadDim, 0, 1>(v, args, stream);
   } else {
-    if constexpr (kHeadDim >= 160) {
-      if (fwd_tile_variant<kHeadDim>() == 1) return launch_fwd_kernel<Element, kHeadDim, false, 1>(args, stream);
-    }
     launch_fwd_kernel<Element, kHeadDim, false>(args, stream);
   }
 }

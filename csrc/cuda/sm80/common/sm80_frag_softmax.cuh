@@ -116,6 +116,74 @@ struct OnlineSoftmax {
       }
   }
 
+  // update() / update_lazy() for kernels whose O rows live in other warps (fwd kernel kVarSplitPV):
+  // identical arithmetic on s and the running state, but instead of rescaling O the correction factor
+  // of each row is returned in corr (what update() would have multiplied O's rows by). Returns
+  // whether the rows were rescaled (false: the lazy path kept every row's max, corr untouched).
+  template <int NT>
+  __device__ __forceinline__ void update_rows(float (&s)[MT][NT][4], float scale_log2, float (&corr)[MT][2]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float m = row_max[mt][h];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) m = fmaxf(m, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+        m = quad_max(m);
+        const float off = offset_of(m, scale_log2);
+        const float c = exp2f(row_max[mt][h] * scale_log2 - off);
+        corr[mt][h] = c;
+        row_max[mt][h] = m;
+        float sum = row_sum[mt][h] * c;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float p = exp2f(fmaf(s[mt][nt][2 * h + e], scale_log2, -off));
+            s[mt][nt][2 * h + e] = p;
+            sum += p;
+          }
+        row_sum[mt][h] = sum;
+      }
+    }
+  }
+  template <int NT>
+  __device__ __forceinline__ bool update_lazy_rows(float (&s)[MT][NT][4], float scale_log2, float (&corr)[MT][2],
+                                                   bool lazy) {
+    bool need = !lazy;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float m = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) m = fmaxf(m, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+        m = quad_max(m);
+        need |= (m - row_max[mt][h]) * scale_log2 > kLazyLog2;
+      }
+    if (__any_sync(0xffffffffu, need)) {
+      update_rows(s, scale_log2, corr);
+      return true;
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float off = offset_of(row_max[mt][h], scale_log2);
+        float sum = row_sum[mt][h];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float p = exp2f(fmaf(s[mt][nt][2 * h + e], scale_log2, -off));
+            s[mt][nt][2 * h + e] = p;
+            sum += p;
+          }
+        row_sum[mt][h] = sum;
+      }
+    return false;
+  }
+
   // Completes the row sums across the quad (call once, after the last update).
   __device__ __forceinline__ void finalize() {
 #pragma unroll

@@ -192,4 +192,46 @@ __device__ __forceinline__ void gemm_rs_v(float (&acc)[MT][DT][4], const float (
   }
 }
 
+// acc[MT][DT][4] += P * V[:, d0 .. d0 + 8 DT) with P read from shared memory (row major [query][key],
+// rows 0 .. 16 MT - 1 of tile TileP, the KT n-tiles of 8 keys) instead of registers; B as in
+// gemm_rs_v. The A fragments equal what acc_to_a_frag builds from the C-layout P when sP holds P
+// packed the same way (ldmatrix hands lane 4g + t the pair (g, 2t..2t+1) of each 8 x 8 matrix), and
+// each accumulator gets the same mma sequence (kk ascending), so the result is the same.
+template <int MT, int DT, int KT, typename TileP, typename TileB, typename Element>
+__device__ __forceinline__ void gemm_ss_pv(float (&acc)[MT][DT][4], const Element* sP, const Element* sV, int d0,
+                                           int lane) {
+  static_assert(DT % 2 == 0 && KT % 2 == 0, "pairs of tiles");
+  using Atom = typename MmaTraits<Element>::Atom;
+  // A matrices: (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15).
+  const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int a_col = (lane >> 4) * 8;
+  const int v_row = (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int v_col = (lane >> 4) * 8;
+#pragma unroll
+  for (int kk = 0; kk < KT / 2; ++kk) {
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+      cute::SM75_U32x4_LDSM_N::copy(
+          *reinterpret_cast<const cute::uint128_t*>(sP + TileP::offset(mt * 16 + a_row, kk * 16 + a_col)), a[mt][0],
+          a[mt][1], a[mt][2], a[mt][3]);
+#pragma unroll
+    for (int q = 0; q < DT / 2; ++q) {
+      uint32_t b[4];
+      cute::SM75_U16x8_LDSM_T::copy(
+          *reinterpret_cast<const cute::uint128_t*>(sV + TileB::offset(kk * 16 + v_row, d0 + q * 16 + v_col)),
+          b[0], b[1], b[2], b[3]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float* c = acc[mt][2 * q + h];
+          Atom::fma(c[0], c[1], c[2], c[3], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[2 * h],
+                    b[2 * h + 1], c[0], c[1], c[2], c[3]);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace flash::sm80
