@@ -137,6 +137,9 @@ def _run_decode_config(args, device, impls, results, notes, dtype, batch, contex
 #       --variants "fused:;twokernel:FLASH_KVCACHE_NO_FUSED_COMBINE=1" --out /tmp/d.jsonl
 # Each variant (environment settings the kvcache backend reads once per process) runs in its own
 # subprocess; timing is the suite's (timing.time_fn: cold L2 through rotated input sets).
+# --inproc: the variants instead run interleaved in ONE process (variant A, B, A, B, ... for
+# --repeats rounds per configuration; only for switches the backend reads on every call, e.g.
+# FLASH_KVCACHE_BULK), and a median-per-variant summary is printed at the end.
 # --layout bhsd stores the cache head-major ((b, h, s, d) memory, passed as a (b, s, h, d) view):
 # each (sequence, kv head) stream is then contiguous, a probe of DRAM locality, not a real layout.
 # ---------------------------------------------------------------------------------------------
@@ -155,13 +158,23 @@ def _cli():
     p.add_argument("--num-splits", default="0", help="comma list (ours only)")
     p.add_argument("--variants", default=None,
                    help="'name:K=V,K=V;name2:...' environment variants, one subprocess each")
+    p.add_argument("--inproc", action="store_true",
+                   help="interleave the --variants in this process (per-call switches only)")
+    p.add_argument("--repeats", type=int, default=3, help="--inproc rounds per configuration")
     p.add_argument("--label", default="")
     p.add_argument("--out", default=None, help="append one JSON line per measurement")
     p.add_argument("--target-ms", type=float, default=100.0)
     p.add_argument("--device", default="cuda", help="cpu: a smoke test of this script")
     args = p.parse_args()
 
-    if args.variants:
+    variants = [("", {})]
+    if args.variants and args.inproc:
+        variants = []
+        for spec in args.variants.split(";"):
+            name, _, assigns = spec.partition(":")
+            env = dict(kv.partition("=")[::2] for kv in filter(None, assigns.split(",")))
+            variants.append((name, env))
+    elif args.variants:
         rc = 0
         for spec in args.variants.split(";"):
             name, _, assigns = spec.partition(":")
@@ -177,6 +190,16 @@ def _cli():
         sys.exit(rc)
 
     from peers import make_impl
+    import statistics
+    summary = {}  # (shape, impl, page, splits, variant) -> [us, ...]
+    all_keys = sorted({k for _, env in variants for k in env})
+
+    def set_variant(env):
+        for k in all_keys:
+            if k in env:
+                os.environ[k] = env[k]
+            else:
+                os.environ.pop(k, None)
     device = torch.device(args.device)
     dtype = torch.bfloat16
     scale = 1.0 / math.sqrt(DECODE_HDIM)
@@ -213,28 +236,46 @@ def _cli():
                                 num_splits=ns)
                     else:
                         call = _decode_call(impl, cache_seqlens, scale)
-                    try:
-                        out = call(layout_sets[0])
-                        diff = (out.float() - ref).abs().max().item()
-                        t = time_fn(call, layout_sets, device, target_ms=args.target_ms)
-                    except Exception as exc:  # report and go on with the next configuration
-                        print(f"[skip] {args.label} {impl.name} {shape} page={page}: {exc!r}"[:300])
-                        continue
-                    row = {"label": args.label, "impl": impl.name, "batch": batch, "context": context,
-                           "page": page, "layout": args.layout, "num_splits": int(ns),
-                           "us": round(t.ms * 1e3, 2), "min_us": round(t.min_ms * 1e3, 2),
-                           "tbps": round(nbytes / (t.ms * 1e-3) / 1e12, 3), "max_diff": diff}
-                    print(f"{args.label:>14} {impl.name:>12} {shape:>9} page={page:>4} "
-                          f"{args.layout} splits={ns:>3}: {row['us']:8.2f} us "
-                          f"(min {row['min_us']:8.2f}) {row['tbps']:.3f} TB/s diff {diff:.2e}",
-                          flush=True)
-                    if args.out:
-                        with open(args.out, "a") as f:
-                            f.write(json.dumps(row) + "\n")
+                    rounds = args.repeats if (args.inproc and ours) else 1
+                    for rnd in range(rounds):
+                        for vname, venv in (variants if ours else [("", {})]):
+                            set_variant(venv)
+                            label = (args.label + " " + vname).strip()
+                            try:
+                                out = call(layout_sets[0])
+                                diff = (out.float() - ref).abs().max().item()
+                                t = time_fn(call, layout_sets, device, target_ms=args.target_ms)
+                            except Exception as exc:  # report and go on
+                                print(f"[skip] {label} {impl.name} {shape} page={page}: {exc!r}"[:300])
+                                continue
+                            row = {"label": label, "impl": impl.name, "batch": batch,
+                                   "context": context, "page": page, "layout": args.layout,
+                                   "num_splits": int(ns), "round": rnd,
+                                   "us": round(t.ms * 1e3, 2), "min_us": round(t.min_ms * 1e3, 2),
+                                   "tbps": round(nbytes / (t.ms * 1e-3) / 1e12, 3), "max_diff": diff}
+                            print(f"{label:>14} {impl.name:>12} {shape:>9} page={page:>4} "
+                                  f"{args.layout} splits={ns:>3}: {row['us']:8.2f} us "
+                                  f"(min {row['min_us']:8.2f}) {row['tbps']:.3f} TB/s diff {diff:.2e}",
+                                  flush=True)
+                            key = (shape, impl.name, page, ns, vname)
+                            summary.setdefault(key, []).append(t.ms * 1e3)
+                            if args.out:
+                                with open(args.out, "a") as f:
+                                    f.write(json.dumps(row) + "\n")
+                    set_variant({})
                 del layout_sets
         del sets
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if args.inproc:
+        print("\nmedian over rounds (us) [all rounds]")
+        for key, times in summary.items():
+            shape, name, page, ns, vname = key
+            b, c = (int(x) for x in shape.split("x"))
+            nb = decode_bytes(b, 1, c, DECODE_NHEADS, DECODE_NHEADS_KV, DECODE_HDIM, 2)
+            med = statistics.median(times)
+            print(f"{vname:>10} {name:>12} {shape:>9} page={page:>4} splits={ns:>3}: {med:8.2f} us "
+                  f"{nb / (med * 1e-6) / 1e12:.3f} TB/s  {[round(x, 1) for x in times]}", flush=True)
 
 
 def F_sdpa_reference(q, k, v, scale):
