@@ -14,6 +14,7 @@
 
 #include "cuda/sm90/api_checks.h"
 #include "cuda/sm90/fwd_launch_decl.h"
+#include "cuda/sm90/fwd_tuning.h"
 #include "cuda/sm90/sm90.h"
 
 #if !defined(FLASH_FP16_ENABLED) && !defined(FLASH_BF16_ENABLED)
@@ -128,16 +129,31 @@ size_t fwd_workspace_size(const FwdParams&) { return 0; }
 
 namespace {
 
-// d=128 calls without a window may take the 128 x 176 tile variant (fwd_traits.h, kWideN): off
-// by default, since on the H100 it measured 8-12 % slower than the 128 x 128 ping-pong tile
-// (2026-11-24, mid round: nc 16K 599 vs ~650 before; 148 B of spills). FLASH_SM90_FWD_WIDE_N=1
-// turns it on (for further tuning); read once per process.
+// The opt-in second tile of a head dim (fwd_traits.h, kAltTile); switches of fwd_tuning.h.
+// d=128 calls without a window: 128 x 176, FLASH_SM90_FWD_WIDE_N=1. Off by default: on the H100
+// it measured 8-12 % slower than the 128 x 128 ping-pong tile (2026-11-24, mid round: nc 16K 599
+// vs ~650 before; 148 B of spills).
 bool use_wide_n(const FwdParams& p) {
-  static const bool enabled = [] {
-    const char* v = std::getenv("FLASH_SM90_FWD_WIDE_N");
-    return v != nullptr && *v != '\0' && std::atoi(v) != 0;
-  }();
-  return enabled && p.window_left < 0 && p.window_right < 0;
+  static const tuning::Switch enabled("FLASH_SM90_FWD_WIDE_N", 0);
+  return enabled.get() != 0 && p.window_left < 0 && p.window_right < 0;
+}
+// d=64: 192 x 128 with three consumer warpgroups for calls with seqlen_q (varlen: max_seqlen_q)
+// >= N: N = FLASH_SM90_FWD_D64_M192 without a window (default 1: always), and
+// FLASH_SM90_FWD_D64_M192_WINDOW with one (causal included; default 16384); 0 = never. Only the
+// lean kernel (no softcap / ALiBi / dropout): the score-modifier kernel of that tile passed the
+// feature grid (softcap, ALiBi) but its speed was never measured (68 B of spills) and its dropout
+// path never ran on the GPU, so those calls keep the 128 x 128 tile.
+// H100, pass 4 (bf16, in-process A/B vs the 128 x 128 tile): no window 1K +3 %, 4K +12 %, 16K
+// +15 % (round 3); causal 16K +11.5 %, 1K -15 %, 2K -9 % (round 1). Causal 4K / 8K looked +4 / +10 %
+// in round 2, but that run had the ILP softmax switched on in every variant (an A/B script bug),
+// so the threshold stays at the cleanly measured 16K. README Pass 4.
+bool use_d64_m192(const FwdParams& p) {
+  static const tuning::Switch min_seqlen_q("FLASH_SM90_FWD_D64_M192", 1);
+  static const tuning::Switch min_seqlen_q_window("FLASH_SM90_FWD_D64_M192_WINDOW", 16384);
+  const bool lean = p.softcap <= 0.f && p.alibi_slopes == nullptr && p.dropout_p <= 0.f;
+  const bool windowed = p.window_left >= 0 || p.window_right >= 0;
+  const int n = windowed ? min_seqlen_q_window.get() : min_seqlen_q.get();
+  return lean && n > 0 && p.seqlen_q >= n;
 }
 
 }  // namespace
@@ -149,9 +165,11 @@ void run_fwd(const FwdParams& p, void* stream_ptr) {
 #if defined(FLASH_HDIM_64_ENABLED)
     case 64:
 #if defined(FLASH_BF16_ENABLED)
+      if (bf16 && use_d64_m192(p)) return run_fwd_hdim<cutlass::bfloat16_t, 64, true>(p, stream);
       if (bf16) return run_fwd_hdim<cutlass::bfloat16_t, 64>(p, stream);
 #endif
 #if defined(FLASH_FP16_ENABLED)
+      if (!bf16 && use_d64_m192(p)) return run_fwd_hdim<cutlass::half_t, 64, true>(p, stream);
       if (!bf16) return run_fwd_hdim<cutlass::half_t, 64>(p, stream);
 #endif
       break;

@@ -25,6 +25,22 @@ __device__ __forceinline__ KeyBlockRange key_block_range(const MaskRule& rule, i
   return r;
 }
 
+// The same for the rows [row_lo, row_lo + rows) of one consumer warpgroup (rows past seqlen_q
+// excluded; none left: an empty range). A subset of its tile's range: the blocks outside it are
+// fully masked for these rows (FwdTraits::kWgBlockSkip).
+template <int kBlockN>
+__device__ __forceinline__ KeyBlockRange key_block_range_rows(const MaskRule& rule, int row_lo,
+                                                              int rows) {
+  const int row_hi = min(row_lo + rows, rule.seqlen_q) - 1;
+  if (row_hi < row_lo) return KeyBlockRange{0, 0};
+  const int key_lo = min(rule.first_key(row_lo), rule.seqlen_k);
+  const int key_hi = rule.end_key(row_hi);
+  KeyBlockRange r;
+  r.n_min = key_lo / kBlockN;
+  r.n_max = (key_hi + kBlockN - 1) / kBlockN;
+  return r;
+}
+
 // True when some (row, key) pair of the tile x block is invisible: then every element is tested.
 template <int kBlockM, int kBlockN>
 __device__ __forceinline__ bool block_needs_mask(const MaskRule& rule, int m_block, int n_block) {

@@ -1,4 +1,4 @@
-// Consumer role of the sm90 forward kernel: warpgroups 1 and 2, 64 query rows each.
+// Consumer role of the sm90 forward kernel: warpgroups 1..kNumConsumerWarpgroups, 64 query rows each.
 //
 // Per key block (visited from the last to the first, as the producer loads them):
 //   wait K stage -> S = Q K^T (wgmma, both operands in smem) -> release K stage
@@ -19,6 +19,7 @@
 #include "fwd_pingpong.h"
 #include "fwd_seqlen.h"
 #include "fwd_softmax.h"
+#include "fwd_variant.h"
 
 namespace flash::sm90 {
 
@@ -43,13 +44,20 @@ __device__ __forceinline__ void wgmma_gemm(TiledMma& mma, TA& tA, TB const& tB, 
 
 // kModScores: softcap or ALiBi present. Then scores are brought to natural units (times
 // softmax_scale) before the modifiers; without them the scale is folded into the exp2 FFMA.
-template <typename Traits, bool kModScores>
+// kVariant: bit set of opt-in code variants of the lean kernel (fwd_variant.h), template flags
+// rather than runtime ones so that variant 0 keeps the code it had (the wide-store transposes
+// alone cost d=256 ~20 B more spills when compiled in).
+template <typename Traits, bool kModScores, int kVariant = 0>
 __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
                                              typename Traits::SharedStorage& ss,
                                              int tid /* 0 .. kNumConsumerThreads-1 */) {
   using namespace cute;
   using Element = typename Traits::Element;
   using EmptyBarrier = cutlass::arch::ClusterBarrier;
+  constexpr bool kWideStore = !kModScores && (kVariant & kFwdVariantWideStore) != 0;
+  constexpr bool kIlpSoftmax = !kModScores && (kVariant & kFwdVariantIlpSoftmax) != 0;
+  constexpr bool kWgBlockSkip =
+      !kModScores && Traits::kWgBlockSkipAvailable && (kVariant & kFwdVariantWgSkip) != 0;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
 
   typename Traits::TiledMmaQK mma_qk;
@@ -87,7 +95,8 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
   auto empty_k = [&](int s) -> EmptyBarrier& { return reinterpret_cast<EmptyBarrier&>(ss.empty_k[s]); };
   auto empty_v = [&](int s) -> EmptyBarrier& { return reinterpret_cast<EmptyBarrier&>(ss.empty_v[s]); };
   constexpr int kStages = Traits::kStages;
-  const PingPong<Traits::kPingPongAvailable> pingpong{uint32_t(tid / 128), p.pingpong};
+  const PingPong<Traits::kPingPongAvailable, Traits::kNumConsumerWarpgroups> pingpong{
+      uint32_t(tid / 128), p.pingpong};
   pingpong.start();
 
   // Pipeline state carried across the tiles of this CTA, counted exactly as the producer does:
@@ -97,7 +106,8 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
   int kv_iter = 0;
   uint32_t q_iter = 0;
   const TileSchedule& sched = p.sched;
-  for (int unit = blockIdx.x; unit < sched.num_units; unit += gridDim.x) {
+  for (int slot = blockIdx.x, round = 0; slot < sched.num_units; slot += gridDim.x, ++round) {
+    const int unit = sched.unit_at(slot, round, int(blockIdx.x), int(gridDim.x));
     const int tiles = sched.tiles_in_unit(unit);
     for (int j = 0; j < tiles; ++j) {
       const TileCoord tc = sched.tile(unit, j);
@@ -178,6 +188,44 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
         full_q.wait((q_iter / uint32_t(p.q_stages)) & 1);
         float correction[kRows];
         Tensor tOrP = make_tensor<Element>(PLayout{});
+        // Blocks this warpgroup computes: [lo, hi). Only the 192-row tile narrows them
+        // (kWgBlockSkip: FwdTraits::kWgBlockSkipAvailable, variant bit kFwdVariantWgSkip; its own
+        // kernel, since the extra bookkeeping costs the 160-register budget ~124 B of spills) to
+        // the blocks its own 64 rows can see: there a causal diagonal block is often fully
+        // masked for one or two of the three warpgroups, and past seqlen_q a warpgroup has no
+        // rows at all. The blocks outside are
+        // "passed" (skip_block): data waits, one ping-pong turn without an issue, the same barrier
+        // arrivals -- so the protocol's counts do not change -- but no GEMM and no softmax (the
+        // block would give these rows P = 0: O, max and sum stay bitwise the same). The GEMMs are
+        // never issued conditionally: ptxas serialises every wgmma of a kernel that does.
+        int lo = range.n_min, hi = range.n_max;
+        int it = kv_iter;  // visit number of the next block (stage it % kStages)
+        if constexpr (kWgBlockSkip) {
+          const KeyBlockRange wr =
+              key_block_range_rows<kBlockN>(rule, row0 + 64 * int(tid / 128), 64);
+          lo = max(wr.n_min, range.n_min);
+          hi = min(wr.n_max, range.n_max);
+          if (hi <= lo) lo = hi = range.n_min;  // sees nothing: every block is passed
+        }
+        auto skip_block = [&](int n_block) {
+          const int stage = it % kStages;
+          const uint32_t phase = (it / kStages) & 1;
+          full_k(stage).wait(phase);
+          full_v(stage).wait(phase);
+          pingpong.wait_turn();
+          pingpong.pass_turn();
+          empty_k(stage).arrive();
+          empty_v(stage).arrive();
+          if (n_block == range.n_min) empty_q.arrive();
+          ++it;
+        };
+        if constexpr (kWgBlockSkip) {
+          for (int n_block = range.n_max - 1; n_block >= hi; --n_block) skip_block(n_block);
+          if (hi == lo) {  // nothing computed: the turn of the last P V is still owed
+            pingpong.wait_turn();
+            pingpong.pass_turn();
+          }
+        }
 
         if constexpr (Traits::kIntraWgOverlap) {
           // Block i's P V is issued together with block i+1's Q K^T; the softmax of block i+1 runs
@@ -187,61 +235,67 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
           // stage it % kStages, parity (it / kStages) & 1 -- the producer's sequence.
           // empty_q is arrived right after the tile's last Q K^T completes (the block n_min), so the
           // producer can load the next tile's Q during the last P V and the epilogue.
-          {
-            const int stage0 = kv_iter % kStages;
-            const uint32_t phase0 = (kv_iter / kStages) & 1;
-            Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-            full_k(stage0).wait(phase0);
+          if (lo < hi) {
+            {
+              const int stage0 = it % kStages;
+              const uint32_t phase0 = (it / kStages) & 1;
+              Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+              full_k(stage0).wait(phase0);
+              pingpong.wait_turn();
+              wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage0), tSrS);
+              pingpong.pass_turn();
+              warpgroup_wait<0>();
+              warpgroup_fence_operand(tSrS);
+              empty_k(stage0).arrive();
+              if (hi - 1 == range.n_min) empty_q.arrive();  // one-block tile: Q is done
+              Tensor S = rowcol_view(tSrS);
+              modify_and_mask(S, hi - 1);
+              softmax.template scores_to_probs<kIlpSoftmax>(S, correction);  // O is still 0: no rescale needed
+              dropout(S, hi - 1);
+              convert_p(tSrS, tOrP);
+            }
+            int it_prev = it;
+            for (int n_block = hi - 2; n_block >= lo; --n_block) {
+              const int it_cur = it_prev + 1;
+              const int stage = it_cur % kStages, stage_prev = it_prev % kStages;
+              const uint32_t phase = (it_cur / kStages) & 1, phase_prev = (it_prev / kStages) & 1;
+              Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+              full_k(stage).wait(phase);
+              full_v(stage_prev).wait(phase_prev);  // both data waits before taking the turn
+              pingpong.wait_turn();
+              wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
+              wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage_prev), tOrO);
+              pingpong.pass_turn();
+              warpgroup_wait<1>();  // S of this block is ready; P V of the previous may still run
+              warpgroup_fence_operand(tSrS);
+              empty_k(stage).arrive();
+              if (n_block == range.n_min) empty_q.arrive();  // last Q K^T of the tile is done
+              Tensor S = rowcol_view(tSrS);
+              modify_and_mask(S, n_block);
+              softmax.template scores_to_probs<kIlpSoftmax>(S, correction);
+              dropout(S, n_block);
+              warpgroup_wait<0>();  // P V done: O may be rescaled and tOrP overwritten
+              warpgroup_fence_operand(tOrO);
+              empty_v(stage_prev).arrive();
+              OnlineSoftmax<kRows>::rescale(O, correction);
+              convert_p(tSrS, tOrP);
+              it_prev = it_cur;
+            }
+            const int stage_prev = it_prev % kStages;
+            const uint32_t phase_prev = (it_prev / kStages) & 1;
+            full_v(stage_prev).wait(phase_prev);
             pingpong.wait_turn();
-            wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage0), tSrS);
-            pingpong.pass_turn();
-            warpgroup_wait<0>();
-            warpgroup_fence_operand(tSrS);
-            empty_k(stage0).arrive();
-            if (range.n_max - 1 == range.n_min) empty_q.arrive();  // one-block tile: Q is done
-            Tensor S = rowcol_view(tSrS);
-            modify_and_mask(S, range.n_max - 1);
-            softmax.scores_to_probs(S, correction);  // O is still 0: no rescale needed
-            dropout(S, range.n_max - 1);
-            convert_p(tSrS, tOrP);
-          }
-          int it_prev = kv_iter;
-          for (int n_block = range.n_max - 2; n_block >= range.n_min; --n_block) {
-            const int it = it_prev + 1;
-            const int stage = it % kStages, stage_prev = it_prev % kStages;
-            const uint32_t phase = (it / kStages) & 1, phase_prev = (it_prev / kStages) & 1;
-            Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-            full_k(stage).wait(phase);
-            full_v(stage_prev).wait(phase_prev);  // both data waits before taking the turn
-            pingpong.wait_turn();
-            wgmma_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
             wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage_prev), tOrO);
             pingpong.pass_turn();
-            warpgroup_wait<1>();  // S of this block is ready; P V of the previous may still run
-            warpgroup_fence_operand(tSrS);
-            empty_k(stage).arrive();
-            if (n_block == range.n_min) empty_q.arrive();  // last Q K^T of the tile is done
-            Tensor S = rowcol_view(tSrS);
-            modify_and_mask(S, n_block);
-            softmax.scores_to_probs(S, correction);
-            dropout(S, n_block);
-            warpgroup_wait<0>();  // P V done: O may be rescaled and tOrP overwritten
+            warpgroup_wait<0>();
             warpgroup_fence_operand(tOrO);
             empty_v(stage_prev).arrive();
-            OnlineSoftmax<kRows>::rescale(O, correction);
-            convert_p(tSrS, tOrP);
-            it_prev = it;
+            it = it_prev + 1;
           }
-          const int stage_prev = it_prev % kStages;
-          const uint32_t phase_prev = (it_prev / kStages) & 1;
-          full_v(stage_prev).wait(phase_prev);
-          pingpong.wait_turn();
-          wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_pv, tOrP, tOrV(_, _, _, stage_prev), tOrO);
-          pingpong.pass_turn();
-          warpgroup_wait<0>();
-          warpgroup_fence_operand(tOrO);
-          empty_v(stage_prev).arrive();
-          kv_iter = it_prev + 1;
+          if constexpr (kWgBlockSkip) {
+            for (int n_block = lo - 1; n_block >= range.n_min; --n_block) skip_block(n_block);
+          }
+          kv_iter = it;
         } else {
           // Plain order, one wgmma batch in flight at a time (kept to compare against).
           int stage = kv_iter % kStages;
@@ -257,7 +311,7 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
             if (n_block == range.n_min) empty_q.arrive();  // last Q K^T of the tile is done
             Tensor S = rowcol_view(tSrS);
             modify_and_mask(S, n_block);
-            softmax.scores_to_probs(S, correction);
+            softmax.template scores_to_probs<kIlpSoftmax>(S, correction);
             dropout(S, n_block);
             OnlineSoftmax<kRows>::rescale(O, correction);  // the previous P V was waited for
             convert_p(tSrS, tOrP);
@@ -282,21 +336,68 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
                                      : bidb * p.out_batch_stride) + bidh * p.out_head_stride;
       float* lse_out = p.lse + (varlen ? int64_t(si.q_offset) : bidb * p.lse_batch_stride) +
                        bidh * p.lse_head_stride;
-      CUTE_UNROLL
-      for (int r = 0; r < size<0>(O); ++r) {
-        const int row = row0 + get<0>(cO(r, 0));
-        if (row >= si.seqlen_q) continue;
-        Element* out_row = out + row * p.out_row_stride;
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(O); c += 2) {  // columns c, c+1 are adjacent (mode 0,0 of C)
-          const int col = get<1>(cO(r, c));
-          cutlass::Array<Element, 2> pair;
-          pair[0] = static_cast<Element>(O(r, c));
-          pair[1] = static_cast<Element>(O(r, c + 1));
-          *reinterpret_cast<cutlass::Array<Element, 2>*>(out_row + col) = pair;
+      // 16-byte stores (kWideStore, lean instantiation only: out 16-byte aligned, strides
+      // multiples of 8 elements). A quad (lanes 4i..4i+3) holds rows r, r + 8 and, per 8-column
+      // group g, columns 8g + 2q, 8g + 2q + 1 in lane q: per row and 4 consecutive groups a 4 x 4
+      // matrix of 32-bit words M[lane][group]. Transposed within the quad (two xor-shuffle rounds,
+      // each lane sends 2 words and receives 2), lane q holds group 4k + q whole: 8 adjacent
+      // columns. A warp's store then writes 8 rows x 64 bytes instead of 8 rows x 16 bytes, a
+      // quarter of the store instructions. All lanes shuffle; only the stores skip rows >= seqlen_q.
+      bool stored_wide = false;
+      if constexpr (kWideStore) {
+        {
+          stored_wide = true;
+          const int q = tid % 4;
+          const bool hi2 = (q & 2) != 0, hi1 = (q & 1) != 0;
+          auto pack = [&](int r, int c) {
+            cutlass::Array<Element, 2> pair;
+            pair[0] = static_cast<Element>(O(r, c));
+            pair[1] = static_cast<Element>(O(r, c + 1));
+            return *reinterpret_cast<const uint32_t*>(&pair);
+          };
+          CUTE_UNROLL
+          for (int r = 0; r < size<0>(O); ++r) {
+            const int row = row0 + get<0>(cO(r, 0));
+            CUTE_UNROLL
+            for (int k = 0; k < kHeadDim / 32; ++k) {
+              uint32_t a0 = pack(r, 8 * k), a1 = pack(r, 8 * k + 2), a2 = pack(r, 8 * k + 4),
+                       a3 = pack(r, 8 * k + 6);
+              // Round 1 (xor 2): lanes 0,1 trade their words 2,3 for lanes 2,3's words 0,1.
+              uint32_t r0 = __shfl_xor_sync(0xffffffffu, hi2 ? a0 : a2, 2);
+              uint32_t r1 = __shfl_xor_sync(0xffffffffu, hi2 ? a1 : a3, 2);
+              if (hi2) { a0 = r0; a1 = r1; } else { a2 = r0; a3 = r1; }
+              // Round 2 (xor 1): even lanes trade words 1,3 for odd lanes' words 0,2.
+              r0 = __shfl_xor_sync(0xffffffffu, hi1 ? a0 : a1, 1);
+              r1 = __shfl_xor_sync(0xffffffffu, hi1 ? a2 : a3, 1);
+              if (hi1) { a0 = r0; a2 = r1; } else { a1 = r0; a3 = r1; }
+              if (row < si.seqlen_q) {
+                // This thread's first column in group 4k is 32k + 2q; its chunk starts at 32k + 8q.
+                const int col = get<1>(cO(r, 8 * k)) - 2 * q + 8 * q;
+                *reinterpret_cast<uint4*>(out + row * p.out_row_stride + col) =
+                    make_uint4(a0, a1, a2, a3);
+              }
+            }
+            if (tid % 4 == 0 && row < si.seqlen_q) lse_out[row] = lse[r];
+          }
         }
-        if (tid % 4 == 0)
-          lse_out[row] = lse[r];
+      }
+      if (!stored_wide) {
+        CUTE_UNROLL
+        for (int r = 0; r < size<0>(O); ++r) {
+          const int row = row0 + get<0>(cO(r, 0));
+          if (row >= si.seqlen_q) continue;
+          Element* out_row = out + row * p.out_row_stride;
+          CUTE_UNROLL
+          for (int c = 0; c < size<1>(O); c += 2) {  // columns c, c+1 adjacent (mode 0,0 of C)
+            const int col = get<1>(cO(r, c));
+            cutlass::Array<Element, 2> pair;
+            pair[0] = static_cast<Element>(O(r, c));
+            pair[1] = static_cast<Element>(O(r, c + 1));
+            *reinterpret_cast<cutlass::Array<Element, 2>*>(out_row + col) = pair;
+          }
+          if (tid % 4 == 0)
+            lse_out[row] = lse[r];
+        }
       }
     }  // tiles of the unit
   }  // units of this CTA

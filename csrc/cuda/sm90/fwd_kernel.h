@@ -16,7 +16,8 @@
 
 namespace flash::sm90 {
 
-template <typename Traits, bool kModScores>
+// kVariant: opt-in code variants of the lean kernel (fwd_variant.h; ignored with kModScores).
+template <typename Traits, bool kModScores, int kVariant = 0>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     fwd_kernel(const __grid_constant__ FwdKernelParams<Traits> p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -54,7 +55,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       fwd_producer<Traits>(p, ss);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
-    fwd_consumer<Traits, kModScores>(p, ss, threadIdx.x - 128);
+    fwd_consumer<Traits, kModScores, kVariant>(p, ss, threadIdx.x - 128);
   }
 #endif
 }

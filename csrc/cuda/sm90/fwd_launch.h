@@ -14,6 +14,7 @@
 #include "flash/params.h"
 #include "fwd_kernel.h"
 #include "fwd_launch_decl.h"
+#include "fwd_tuning.h"
 
 namespace flash::sm90 {
 
@@ -40,13 +41,6 @@ Tma make_qkv_tma(const void* ptr, int rows, int heads, int batch, int64_t row_st
   return make_tma_copy(SM90_TMA_LOAD{}, g, smem, tile, _1{});
 }
 
-// Tuning switch from the environment (A/B measurements without a rebuild): the integer value of
-// `name`, or `fallback` when unset. Read once per process.
-inline int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return (v != nullptr && *v != '\0') ? std::atoi(v) : fallback;
-}
-
 inline void check_cuda(cudaError_t e, const char* what) {
   if (e != cudaSuccess)
     throw std::runtime_error(std::string("sm90 fwd: ") + what + ": " + cudaGetErrorString(e));
@@ -54,9 +48,9 @@ inline void check_cuda(cudaError_t e, const char* what) {
 
 }  // namespace detail
 
-template <typename Element, int kHeadDim, bool kWideN>
+template <typename Element, int kHeadDim, bool kAltTile>
 void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
-  using Traits = FwdTraits<Element, kHeadDim, kWideN>;
+  using Traits = FwdTraits<Element, kHeadDim, kAltTile>;
   using Tmas = FwdTmaTypes<Traits>;
   if (params.seqlen_q == 0 || params.batch == 0 || params.nheads == 0) return;
   // Varlen: the sequences are row ranges of (total, heads, d) tensors, mapped as one batch entry.
@@ -99,12 +93,44 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
     throw std::runtime_error("sm90 fwd: too many query tiles for the tile scheduler");
   kp.sched = make_tile_schedule(params.seqlen_q, Traits::kBlockM, params.nheads, params.batch,
                                 windowed);
+  // Rotated unit assignment (fwd_tile_scheduler.h; FLASH_SM90_FWD_SCHED_ROTATE=0|1; default: on
+  // for the 192-row tile without a window, the configuration measured in pass 4 round 3) and
+  // per-warpgroup block skipping (fwd_consumer.h, a kernel variant of the lean 192-row tile;
+  // FLASH_SM90_FWD_WG_SKIP=1, off: never cleanly measured -- round 2's A/B script leaked
+  // FLASH_SM90_FWD_WG_SKIP=0 into that variant).
+  constexpr bool k3Wg = Traits::kNumConsumerWarpgroups == 3;
+  static const tuning::Switch env_rotate("FLASH_SM90_FWD_SCHED_ROTATE", -1);  // -1: the default
+  const int rotate_env = env_rotate.get();
+  static const tuning::Switch env_wg_skip("FLASH_SM90_FWD_WG_SKIP", 0);
+  kp.sched.rotate = rotate_env < 0 ? (k3Wg && !windowed) : rotate_env != 0;
+  const bool wg_skip = Traits::kWgBlockSkipAvailable && env_wg_skip.get() != 0;
   // FLASH_SM90_FWD_Q_STAGES (1..kQStages) and FLASH_SM90_FWD_PINGPONG (0/1) override the
   // compiled defaults; for benchmarking the two scheduling choices against each other.
-  static const int env_q_stages = detail::env_int("FLASH_SM90_FWD_Q_STAGES", Traits::kQStages);
-  static const int env_pingpong = detail::env_int("FLASH_SM90_FWD_PINGPONG", Traits::kPingPong);
-  kp.q_stages = std::max(1, std::min(env_q_stages, Traits::kQStages));
-  kp.pingpong = Traits::kPingPongAvailable && env_pingpong != 0;
+  // (fwd_tuning.h: read once per process, or per call with FLASH_SM90_FWD_AB=1.)
+  static const tuning::Switch env_q_stages("FLASH_SM90_FWD_Q_STAGES", Traits::kQStages);
+  static const tuning::Switch env_pingpong("FLASH_SM90_FWD_PINGPONG", Traits::kPingPong);
+  kp.q_stages = std::max(1, std::min(env_q_stages.get(), Traits::kQStages));
+  kp.pingpong = Traits::kPingPongAvailable && env_pingpong.get() != 0;
+  // 16-byte O stores (fwd_consumer.h), where out allows them. FLASH_SM90_FWD_WIDE_STORE=0|1;
+  // default (-1): d = 128 and 256 (the measured ones) with seqlen_k <= 4096, where the epilogue
+  // is a visible part of a tile's time (H100, pass 4 rounds 1-2, in-process A/B: d128 1K/2K/4K
+  // +1.5..+5.6 / +1 %, d256 +0.5..+7.5 / +2.6..+3.5 %; 16K -2..+1.4 % (noise), d64 -2 %). Not
+  // for the opt-in tiles (the 192-row one's wide-store kernel spills 136 B).
+  static const tuning::Switch env_wide_store("FLASH_SM90_FWD_WIDE_STORE", -1);
+  const int wide_store_env = env_wide_store.get();
+  const bool wide_store_wanted =
+      wide_store_env < 0 ? ((kHeadDim == 128 || kHeadDim == 256) && !kAltTile &&
+                            params.seqlen_k <= 4096)
+                         : wide_store_env != 0;
+  const bool wide_store = wide_store_wanted &&
+                         (reinterpret_cast<uintptr_t>(params.out) % 16 == 0) &&
+                         params.out_row_stride % 8 == 0 && params.out_head_stride % 8 == 0 &&
+                         params.out_batch_stride % 8 == 0;
+  // FLASH_SM90_FWD_ILP_SOFTMAX=1: softmax reductions with shorter dependency chains (fwd_softmax.h).
+  static const tuning::Switch env_ilp_softmax("FLASH_SM90_FWD_ILP_SOFTMAX", 0);
+  const int variant = (wide_store ? kFwdVariantWideStore : 0) |
+                      (env_ilp_softmax.get() != 0 ? kFwdVariantIlpSoftmax : 0) |
+                      (wg_skip ? kFwdVariantWgSkip : 0);
   kp.window_left = params.window_left;
   kp.window_right = params.window_right;
   kp.softmax_scale = params.softmax_scale;
@@ -126,7 +152,22 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
 
   // The lean instantiation has no score modifiers and no dropout at all.
   const bool mod_scores = params.softcap > 0.f || params.alibi_slopes != nullptr || kp.dropout;
-  auto kernel = mod_scores ? fwd_kernel<Traits, true> : fwd_kernel<Traits, false>;
+  // The lean kernel in the variant the switches ask for (fwd_variant.h; 0 = the default code).
+  // Instantiated: 2 consumer warpgroups {0, wide store, ILP softmax, both}; 3 (192-row tile)
+  // {0, ILP softmax} x {-, warpgroup block skip} -- wide stores spill 136 B there, not offered.
+  auto kernel = fwd_kernel<Traits, false, 0>;
+  if (mod_scores) {
+    kernel = fwd_kernel<Traits, true>;
+  } else if constexpr (Traits::kNumConsumerWarpgroups == 3) {
+    const int v = variant & ~kFwdVariantWideStore;
+    if (v == 2) kernel = fwd_kernel<Traits, false, 2>;
+    else if (v == 4) kernel = fwd_kernel<Traits, false, 4>;
+    else if (v == 6) kernel = fwd_kernel<Traits, false, 6>;
+  } else {
+    if (variant == 1) kernel = fwd_kernel<Traits, false, 1>;
+    else if (variant == 2) kernel = fwd_kernel<Traits, false, 2>;
+    else if (variant == 3) kernel = fwd_kernel<Traits, false, 3>;
+  }
   constexpr int kSmem = Traits::kSmemBytes;
   detail::check_cuda(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
@@ -148,6 +189,8 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
 #define FLASH_SM90_INSTANTIATE_FWD(ELEMENT, HDIM)                                           \
   template void flash::sm90::run_fwd_hdim<ELEMENT, HDIM, false>(const flash::FwdParams&, \
                                                                 cudaStream_t);
-#define FLASH_SM90_INSTANTIATE_FWD_WIDE_N(ELEMENT, HDIM)                                   \
+// The opt-in second tile of the head dim (fwd_traits.h, kAltTile).
+#define FLASH_SM90_INSTANTIATE_FWD_ALT(ELEMENT, HDIM)                                     \
   template void flash::sm90::run_fwd_hdim<ELEMENT, HDIM, true>(const flash::FwdParams&, \
                                                                cudaStream_t);
+#define FLASH_SM90_INSTANTIATE_FWD_WIDE_N(ELEMENT, HDIM) FLASH_SM90_INSTANTIATE_FWD_ALT(ELEMENT, HDIM)

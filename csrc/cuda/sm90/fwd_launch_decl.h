@@ -8,8 +8,8 @@
 
 namespace flash::sm90 {
 
-// kWideN: the tile variant for calls without a window (fwd_traits.h; d=128 only).
-template <typename Element, int kHeadDim, bool kWideN = false>
+// kAltTile: the opt-in second tile of the head dim (fwd_traits.h: d=128 128 x 176, d=64 192 x 128).
+template <typename Element, int kHeadDim, bool kAltTile = false>
 void run_fwd_hdim(const FwdParams& params, cudaStream_t stream);
 
 }  // namespace flash::sm90

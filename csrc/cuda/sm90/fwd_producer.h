@@ -45,7 +45,8 @@ __device__ __forceinline__ void fwd_producer(const FwdKernelParams<Traits>& p,
   uint32_t phase = 0;
   uint32_t q_loads = 0;
   const TileSchedule& sched = p.sched;
-  for (int unit = blockIdx.x; unit < sched.num_units; unit += gridDim.x) {
+  for (int slot = blockIdx.x, round = 0; slot < sched.num_units; slot += gridDim.x, ++round) {
+    const int unit = sched.unit_at(slot, round, int(blockIdx.x), int(gridDim.x));
     const int tiles = sched.tiles_in_unit(unit);
     for (int j = 0; j < tiles; ++j) {
       const TileCoord tc = sched.tile(unit, j);

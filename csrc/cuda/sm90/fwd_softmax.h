@@ -62,29 +62,97 @@ struct OnlineSoftmax {
   // Turns S (rowcol view, fp32, masked entries -inf) into unnormalised probabilities in place and
   // returns, per row, the factor exp2(old_max - new_max) by which O must be rescaled. O itself is
   // not touched, so that this can run while the previous P V wgmma still writes O.
-  template <typename TS>
+  // kIlp (opt-in variant, fwd_variant.h): the same math with shorter dependency chains. The
+  // default form reduces each row with one serial chain of kCols FMNMX (and later kCols FADD)
+  // and finishes row 0 before row 1 starts: at d=64 the softmax latency, not its instruction
+  // count, decides how much of it the other warpgroup's GEMMs can hide.
+  template <bool kIlp = false, typename TS>
   __device__ __forceinline__ void scores_to_probs(TS& S, float (&correction)[kRows]) {
     static_assert(decltype(size<0>(S))::value == kRows);
+    if constexpr (kIlp) {
+      scores_to_probs_ilp(S, correction);
+    } else {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        float m = row_max[r];
+#pragma unroll
+        for (int c = 0; c < size<1>(S); ++c) m = fmaxf(m, S(r, c));
+        m = quad_max(m);
+        // A row that has seen only masked keys keeps max -inf; use 0 as the offset then so that
+        // exp2(-inf - 0) = 0 instead of exp2(-inf + inf) = NaN.
+        const float m_scaled = (m == -INFINITY) ? 0.f : m * scale_log2;
+        correction[r] = fast_exp2(row_max[r] * scale_log2 - m_scaled);  // 0 on the first block
+        row_max[r] = m;
+        float sum = 0.f;
+#pragma unroll
+        for (int c = 0; c < size<1>(S); ++c) {
+          const float pr = fast_exp2(S(r, c) * scale_log2 - m_scaled);
+          S(r, c) = pr;
+          sum += pr;
+        }
+        row_sum[r] = row_sum[r] * correction[r] + sum;
+      }
+    }
+  }
+
+  // 4 partial maxima / sums per row (kCols % 4 == 0), all rows interleaved; the quad shuffles of
+  // all rows are issued together. max is exact in any order; the sum's rounding order changes
+  // (fp32, 4 partial sums of kCols / 4 terms each, then combined), as any reassociation would.
+  template <typename TS>
+  __device__ __forceinline__ void scores_to_probs_ilp(TS& S, float (&correction)[kRows]) {
+    constexpr int kCols = decltype(size<1>(S))::value;
+    static_assert(kCols % 4 == 0, "4 partial results per row");
+    float mx[kRows][4];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      float m = row_max[r];
 #pragma unroll
-      for (int c = 0; c < size<1>(S); ++c) m = fmaxf(m, S(r, c));
-      m = quad_max(m);
-      // A row that has seen only masked keys keeps max -inf; use 0 as the offset then so that
-      // exp2(-inf - 0) = 0 instead of exp2(-inf + inf) = NaN.
-      const float m_scaled = (m == -INFINITY) ? 0.f : m * scale_log2;
-      correction[r] = fast_exp2(row_max[r] * scale_log2 - m_scaled);  // 0 on the first block
-      row_max[r] = m;
-      float sum = 0.f;
-#pragma unroll
-      for (int c = 0; c < size<1>(S); ++c) {
-        const float pr = fast_exp2(S(r, c) * scale_log2 - m_scaled);
-        S(r, c) = pr;
-        sum += pr;
-      }
-      row_sum[r] = row_sum[r] * correction[r] + sum;
+      for (int j = 0; j < 4; ++j) mx[r][j] = S(r, j);
     }
+#pragma unroll
+    for (int c = 4; c < kCols; c += 4) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mx[r][j] = fmaxf(mx[r][j], S(r, c + j));
+      }
+    }
+    float m[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+      m[r] = fmaxf(fmaxf(fmaxf(mx[r][0], mx[r][1]), fmaxf(mx[r][2], mx[r][3])), row_max[r]);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 1));
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 2));
+    float m_scaled[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      // As in the default form: a row without any visible key so far keeps max -inf, offset 0.
+      m_scaled[r] = (m[r] == -INFINITY) ? 0.f : m[r] * scale_log2;
+      correction[r] = fast_exp2(row_max[r] * scale_log2 - m_scaled[r]);
+      row_max[r] = m[r];
+    }
+    float sum[kRows][4];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) sum[r][j] = 0.f;
+    }
+#pragma unroll
+    for (int c = 0; c < kCols; c += 4) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float pr = fast_exp2(S(r, c + j) * scale_log2 - m_scaled[r]);
+          S(r, c + j) = pr;
+          sum[r][j] += pr;
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+      row_sum[r] = row_sum[r] * correction[r] + ((sum[r][0] + sum[r][1]) + (sum[r][2] + sum[r][3]));
   }
 
   template <typename TO>

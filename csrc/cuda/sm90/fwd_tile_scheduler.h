@@ -26,6 +26,21 @@ struct TileSchedule {
   int nheads;
   int num_units;       // units_per_head * nheads * batch
   bool paired;
+  // Rotated assignment (FwdKernelParams / fwd_launch.h decide; off = plain round robin): in round
+  // j (units [j G, j G + G), G = gridDim.x) CTA c takes unit j G + (c + j) mod n, n = the units of
+  // that round. The same units run at the same time as before (same K/V in L2), but when
+  // units_per_head divides G a CTA no longer gets the same position in its head every round --
+  // with unequal units (a partial last tile, unequal causal pairs of 192-row tiles) the plain
+  // order gives the light ones to the same CTAs each round and the max CTA load does not drop.
+  bool rotate = false;
+
+  // The unit CTA c processes in its round j (slot = j G + c < num_units).
+  __host__ __device__ __forceinline__ int unit_at(int slot, int j, int c, int G) const {
+    if (!rotate) return slot;
+    const int base = slot - c;  // j * G
+    const int n = num_units - base < G ? num_units - base : G;  // c < n since slot < num_units
+    return base + (c + j) % n;
+  }
 
   // Number of query tiles in unit u (1 or 2).
   __host__ __device__ __forceinline__ int tiles_in_unit(int u) const {

@@ -20,26 +20,42 @@ namespace flash::sm90 {
 using namespace cute;
 
 // Per head dim: query rows per CTA, keys per pipeline stage, pipeline depth.
-// 128 rows = 2 consumer warpgroups x 64 rows (one wgmma M=64 each).
+// kConsumerWGs consumer warpgroups of 64 query rows each (one wgmma M=64 each): kBlockM = 64 x that.
 // kQStages: Q buffers. With 2, the next tile's Q loads while the current tile still runs its
 // Q K^T (hides the Q load latency at every tile start; worth most where tiles are short).
-// kPingPong: the two consumer warpgroups take turns issuing their GEMMs (named barriers), so one
-// warpgroup's softmax runs while the other's GEMMs occupy the tensor cores (FA3's ping-pong).
-// kWideN: an opt-in variant for calls without a window (FLASH_SM90_FWD_WIDE_N=1, fwd_api.cu): wider
-// key blocks spread the per-block costs (row max/sum reductions, O rescale, barrier waits) over
-// more keys. Only d=128 has one (FA3's 128 x 176). Measured 8-12 % SLOWER than the 128 x 128
-// ping-pong tile on the H100 here (it spills ~150 B), hence off by default.
-template <int kHeadDim, bool kWideN = false> struct FwdTileConfig;
+// kPingPong: the consumer warpgroups take turns issuing their GEMMs (named barriers), so one
+// warpgroup's softmax runs while another's GEMMs occupy the tensor cores (FA3's ping-pong).
+// kAltTile: a second tile per head dim (fwd_api.cu picks it per call):
+//  * d=128, calls without a window (FLASH_SM90_FWD_WIDE_N=1): 128 x 176 (FA3's). Wider key blocks
+//    spread the per-block costs over more keys. Measured 8-12 % SLOWER than the 128 x 128
+//    ping-pong tile on the H100 here (it spills ~150 B), hence off by default.
+//  * d=64 (default without a window, and with one from seqlen_q 4096;
+//    FLASH_SM90_FWD_D64_M192[_WINDOW]): 192 x 128 with three consumer warpgroups (FA3's; H100:
+//    +2..+18 % over 128 x 128 where it is the default): a 64-deep
+//    Q K^T is short next to the softmax of the same block, so with two warpgroups the tensor cores
+//    wait for softmaxes; a third one keeps another softmax in flight and reuses each K/V load for
+//    1.5x the rows.
+template <int kHeadDim, bool kAltTile = false> struct FwdTileConfig;
 // d=64: 2 Q x 16 KB + 3 x (K 16 KB + V 16 KB) = 128 KB; with 3 stages the producer runs a block
 // further ahead, also into the next tile.
 template <> struct FwdTileConfig<64, false> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3, kQStages = 2;
   static constexpr bool kPingPong = true;
+  static constexpr int kConsumerWGs = 2;
+};
+// d=64, second tile: 192 x 128, three consumer warpgroups (512 threads; registers 32 / 160, see
+// FwdTraits). 2 Q x 24 KB + 3 x (K 16 KB + V 16 KB) = 144 KB. The ping-pong token rotates
+// WG1 -> WG2 -> WG3 (fwd_pingpong.h).
+template <> struct FwdTileConfig<64, true> {
+  static constexpr int kBlockM = 192, kBlockN = 128, kStages = 3, kQStages = 2;
+  static constexpr bool kPingPong = true;
+  static constexpr int kConsumerWGs = 3;
 };
 // d=96: 2 Q x 24 KB + 3 x (K 24 KB + V 24 KB) = 192 KB (rows of 192 bytes: 64-byte swizzle).
 template <> struct FwdTileConfig<96, false> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3, kQStages = 2;
   static constexpr bool kPingPong = true;
+  static constexpr int kConsumerWGs = 2;
 };
 // d=128 (every call unless FLASH_SM90_FWD_WIDE_N=1): 2 Q x 32 KB + 2 x (32 + 32 KB) = 192 KB.
 // A second Q buffer instead of a third K/V stage (both do not fit): at every tile start the Q load
@@ -48,31 +64,35 @@ template <> struct FwdTileConfig<96, false> {
 template <> struct FwdTileConfig<128, false> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2, kQStages = 2;
   static constexpr bool kPingPong = true;
+  static constexpr int kConsumerWGs = 2;
 };
 // d=128 without window: Q 32 KB + 2 x (K 44 KB + V 44 KB) = 208 KB.
 template <> struct FwdTileConfig<128, true> {
   static constexpr int kBlockM = 128, kBlockN = 176, kStages = 2, kQStages = 1;
   static constexpr bool kPingPong = true;
+  static constexpr int kConsumerWGs = 2;
 };
 // d=192: Q 48 KB + 2 x (K 42 KB + V 42 KB) = 216 KB (FA3's 128 x 112). O alone takes 96
 // registers per thread, as at d=256: ping-pong off by default like there.
 template <> struct FwdTileConfig<192, false> {
   static constexpr int kBlockM = 128, kBlockN = 112, kStages = 2, kQStages = 1;
   static constexpr bool kPingPong = false;
+  static constexpr int kConsumerWGs = 2;
 };
 // d=256: Q 64 KB + 2 x (K 40 KB + V 40 KB) = 224 KB of the 227 KB a CTA may have. No ping-pong:
 // a d=256 GEMM pair is long enough next to the softmax that the intra-warpgroup overlap hides it.
 template <> struct FwdTileConfig<256, false> {
   static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2, kQStages = 1;
   static constexpr bool kPingPong = false;
+  static constexpr int kConsumerWGs = 2;
 };
 
-template <typename Element_, int kHeadDim_, bool kWideN_ = false>
+template <typename Element_, int kHeadDim_, bool kAltTile_ = false>
 struct FwdTraits {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
-  using Config = FwdTileConfig<kHeadDim_, kWideN_>;
+  using Config = FwdTileConfig<kHeadDim_, kAltTile_>;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr bool kWideN = kWideN_;
+  static constexpr bool kAltTile = kAltTile_;
   static constexpr int kBlockM = Config::kBlockM;
   static constexpr int kBlockN = Config::kBlockN;
   static constexpr int kStages = Config::kStages;
@@ -87,12 +107,19 @@ struct FwdTraits {
   static constexpr bool kPingPongAvailable = kIntraWgOverlap;
   static constexpr bool kPingPong = Config::kPingPong && kPingPongAvailable;
 
-  static constexpr int kNumConsumerWarpgroups = 2;
+  static constexpr int kNumConsumerWarpgroups = Config::kConsumerWGs;
+  // A warpgroup skips the key blocks its own rows cannot see (fwd_consumer.h, wg_sees): only with
+  // three warpgroups -- on a 128-row tile both warpgroups see every block of the tile's range.
+  static constexpr bool kWgBlockSkipAvailable = kNumConsumerWarpgroups == 3 && kIntraWgOverlap;
   static constexpr int kNumConsumerThreads = 128 * kNumConsumerWarpgroups;
   static constexpr int kNumThreads = 128 + kNumConsumerThreads;  // + 1 producer warpgroup
-  // setmaxnreg budgets: 24*128 + 240*256 = 64512 <= 65536 registers of the SM.
-  static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = 240;
+  // setmaxnreg budgets (the SM has 65536 registers; the launch starts every thread at
+  // 65536 / kNumThreads): 2 consumer warpgroups 24*128 + 240*256 = 64512; 3: 32*128 + 160*384
+  // = 65536 (FA3's split; the launch gives 128 each, so the producer's 96 freed per thread pay
+  // exactly the consumers' 32 extra).
+  static constexpr int kProducerRegs = kNumConsumerWarpgroups == 2 ? 24 : 32;
+  static constexpr int kConsumerRegs = kNumConsumerWarpgroups == 2 ? 240 : 160;
+  static_assert(kNumConsumerWarpgroups == 2 || kNumConsumerWarpgroups == 3);
 
   static_assert(kHeadDim % 32 == 0, "rows must be a multiple of the 64-byte swizzle (32 halves)");
   static_assert(kBlockN % 16 == 0, "P as the A operand of P*V needs k-blocks of 16 keys");
@@ -113,7 +140,7 @@ struct FwdTraits {
       SmemLayoutV{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{},
                                          Step<_2, _1, _3>{})));
 
-  // ---- wgmma: 2 warpgroups stacked along M, each 64 x N --------------------------------------
+  // ---- wgmma: the consumer warpgroups stacked along M, each 64 x N --------------------------------------
   using TiledMmaQK = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockN>, Int<kHeadDim>>>(),
       Layout<Shape<Int<kNumConsumerWarpgroups>, _1, _1>>{}));
