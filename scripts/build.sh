@@ -17,11 +17,15 @@ if [ -z "${FLASH_ATTN_HDIMS:-}" ]; then
     FLASH_ATTN_HDIMS=128
     FLASH_ATTN_DTYPES=${FLASH_ATTN_DTYPES:-bf16}
     FLASH_ATTN_SM80_ARCHS=${FLASH_ATTN_SM80_ARCHS:-80}
+    # Kernel families that only exist at other head dims: the sm80 d256 forward (P*V split by
+    # head dim), the sm90 wide-head-dim backward, the sm90 d64 forward with 192-row tiles.
+    FLASH_ATTN_EXTRA_INSTANTIATIONS=${FLASH_ATTN_EXTRA_INSTANTIATIONS-fwd_hdim256_bf16;bwd_hdim256_bf16;fwd_hdim64_bf16_m192}
   fi
 fi
 args=(-DFLASH_ATTN_BUILD_PYTHON=ON -DFLASH_ATTN_BUILD_TESTS=ON -DFLASH_ATTN_INPLACE=ON
       -DPython_EXECUTABLE="$(command -v "$PY")" "-DFLASH_ATTN_HDIMS=${FLASH_ATTN_HDIMS}"
-      "-DFLASH_ATTN_DTYPES=${FLASH_ATTN_DTYPES:-fp16;bf16}" "-DFLASH_ATTN_SM80_ARCHS=${FLASH_ATTN_SM80_ARCHS:-80;90}")
+      "-DFLASH_ATTN_DTYPES=${FLASH_ATTN_DTYPES:-fp16;bf16}" "-DFLASH_ATTN_SM80_ARCHS=${FLASH_ATTN_SM80_ARCHS:-80;90}"
+      "-DFLASH_ATTN_EXTRA_INSTANTIATIONS=${FLASH_ATTN_EXTRA_INSTANTIATIONS:-}")
 [ -n "${FLASH_ATTN_CUDA:-}" ] && args+=("-DFLASH_ATTN_CUDA=${FLASH_ATTN_CUDA}")
 [ -n "${FLASH_ATTN_SM90:-}" ] && args+=("-DFLASH_ATTN_SM90=${FLASH_ATTN_SM90}")
 [ -n "${CUDACXX:-}" ] || { [ -x /usr/local/cuda/bin/nvcc ] && export CUDACXX=/usr/local/cuda/bin/nvcc; } || true
