@@ -6,17 +6,21 @@
 //   P^T  = exp2(S^T * scale*log2e - lse_log2[q])      (lse per column = per query; masks,
 //          softcap / ALiBi like the forward)
 //   dS^T = P^T * (dP^T - D[q]) (* (1 - tanh^2) with softcap)
+//          dropout (mask Z of the forward, bwd_dropout.h): dP^T -> Z dP^T / (1-p) in dS^T, and
+//          dV uses Z P^T / (1-p); D = rowsum(dO * O) with the dropped O is already right.
 //   dV += P^T dO, dK += dS^T Q     (RS wgmma: P^T, dS^T re-viewed as A operands in registers)
 //   dS^T -> smem (as dS), barrier; dQ = dS K (SS wgmma, each warpgroup half the head dim)
 //   release the stage; dQ -> smem (fp32), arrive dq_full; the dQ writer warp bulk-adds it to
 //   dq_accum (bwd_dq_writer.h) and frees the buffer through dq_empty.
 // Epilogue: dK *= softmax_scale, dK and dV stored from registers (rows >= seqlen_k skipped).
+// Varlen: `rule` holds this sequence's lengths; positions are relative to the sequence.
 #pragma once
 
 #include <cutlass/arch/barrier.h>
 #include <cutlass/numeric_conversion.h>
 
 #include "bwd_dq_writer.h"
+#include "bwd_dropout.h"
 #include "bwd_kernel_params.h"
 #include "fwd_block_range.h"  // block_needs_mask, key_block_range
 #include "fwd_consumer.h"     // wgmma_gemm
@@ -24,7 +28,9 @@
 
 namespace flash::sm90 {
 
-template <typename Traits, bool kModScores>
+// kDropout (implies kModScores): its own instantiation, so that the softcap / ALiBi kernel keeps
+// its registers (the keep bits and the dropout branch made ptxas spill 3x more values there).
+template <typename Traits, bool kModScores, bool kDropout = false>
 __device__ __forceinline__ void bwd_consumer(const BwdKernelParams<Traits>& p,
                                              typename Traits::SharedStorage& ss,
                                              const MaskRule& rule, int tid, int n_block, int bidhk,
@@ -63,7 +69,8 @@ __device__ __forceinline__ void bwd_consumer(const BwdKernelParams<Traits>& p,
   Tensor tdQrK = thr_dq.partition_fragment_B(sKt);    // dQ = dS K     (B = K^T view)
 
   // (key, query) of each S^T value of this thread; (key, col) of dK/dV; (query, col) of dQ.
-  Tensor cS = rowcol_view(thr_sdp.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kBlockM>>{})));
+  Tensor cS0 = thr_sdp.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kBlockM>>{}));
+  Tensor cS = rowcol_view(cS0);
   Tensor cKV = rowcol_view(thr_dkv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{})));
   Tensor cdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
 
@@ -106,6 +113,16 @@ __device__ __forceinline__ void bwd_consumer(const BwdKernelParams<Traits>& p,
     Tensor sdSt = make_tensor(make_smem_ptr(ss.ds[step & 1]), typename Traits::SmemLayoutdSt{});
     Tensor tdSsdS = thr_sdp.partition_C(sdSt);  // where this thread's dS^T values go
     Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);
+
+    // Dropout keep bits (indices only), computed before the S^T / dP^T accumulators become live.
+    // (Measured alternatives, README_bwd.md: computing them while those wgmmas run was no faster
+    // and spilled more; computing them in warps 2-3 of the producer warpgroup was 0.55-0.65x.)
+    BwdDropoutBits drop{{0xFFFFFFFFu, 0xFFFFFFFFu}};
+    if constexpr (kDropout) {
+      drop = bwd_dropout_bits<kBlockM / 4>(rowcol_view(cS0), key0, row0, p.rng_state[0],
+                                           p.rng_state[1], uint32_t(bidb * p.nheads + bidh),
+                                           p.keep_threshold);
+    }
 
     Tensor tSrS = partition_fragment_C(mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
     Tensor tdPrdP = partition_fragment_C(mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
@@ -167,8 +184,14 @@ __device__ __forceinline__ void bwd_consumer(const BwdKernelParams<Traits>& p,
           x += alibi_bias(alibi_slope, rule, row0 + q, key);
           if (need_mask && !rule.visible(row0 + q, key)) x = -INFINITY;
           const float pr = fast_exp2(x * kLog2e - lse);
-          S(r, c) = pr;
-          dP(r, c) = pr * (dP(r, c) - d) * dtanh;
+          float dp = dP(r, c), pv = pr;
+          if constexpr (kDropout) {
+            const bool kept = bwd_dropout_kept<kBlockM / 4>(drop, r, c);
+            pv = kept ? pr * p.rp_dropout : 0.f;
+            dp = kept ? dp * p.rp_dropout : 0.f;
+          }
+          S(r, c) = pv;
+          dP(r, c) = pr * (dp - d) * dtanh;
         }
       }
     }
@@ -214,7 +237,7 @@ __device__ __forceinline__ void bwd_consumer(const BwdKernelParams<Traits>& p,
     CUTE_UNROLL
     for (int i = 0; i < size(tdQrdQ); i += 2) {
       const int row = get<0>(cdQ(i)), col = get<1>(cdQ(i));
-      *reinterpret_cast<float2*>(&ss.dq[row * kHeadDim + dq_swizzle_col(row, col)]) =
+      *reinterpret_cast<float2*>(&ss.dq[row * kHeadDim + dq_swizzle_col_d<kHeadDim>(row, col)]) =
           make_float2(tdQrdQ(i), tdQrdQ(i + 1));
     }
     cutlass::arch::fence_view_async_shared();  // visible to the bulk copy (async proxy)
@@ -224,12 +247,18 @@ __device__ __forceinline__ void bwd_consumer(const BwdKernelParams<Traits>& p,
   // ---- epilogue: dK (times softmax_scale) and dV, 2 adjacent columns per store ------------------
   Tensor dK = rowcol_view(tdKrdK);
   Tensor dV = rowcol_view(tdVrdV);
-  Element* dk = p.dk + bidb * p.dk_batch_stride + bidhk * p.dk_head_stride;
-  Element* dv = p.dv + bidb * p.dv_batch_stride + bidhk * p.dv_head_stride;
+  // Varlen: key j of the sequence is row k_offset + j of dk / dv (batch strides unused); keys of
+  // the next sequence in a tail block (key >= the sequence's seqlen_k) are never stored.
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const BwdSeqInfo si = bwd_seq_info(p, bidb);
+  Element* dk = p.dk + (varlen ? int64_t(si.k_offset) * p.dk_row_stride : bidb * p.dk_batch_stride) +
+                bidhk * p.dk_head_stride;
+  Element* dv = p.dv + (varlen ? int64_t(si.k_offset) * p.dv_row_stride : bidb * p.dv_batch_stride) +
+                bidhk * p.dv_head_stride;
   CUTE_UNROLL
   for (int r = 0; r < size<0>(dK); ++r) {
     const int key = key0 + get<0>(cKV(r, 0));
-    if (key >= p.seqlen_k) continue;
+    if (key >= rule.seqlen_k) continue;
     CUTE_UNROLL
     for (int c = 0; c < size<1>(dK); c += 2) {  // columns c, c+1 adjacent (mode 0,0 of C)
       const int col = get<1>(cKV(r, c));

@@ -47,8 +47,12 @@ __device__ __forceinline__ int load_acquire(const int* p) {
 }
 
 // Deterministic mode, before the add: wait until `expected` key blocks have added to this tile.
+// `<` rather than `!=`: the same for valid input (the count cannot pass `expected` before this
+// block adds), and no hang if a corrupt device-held cu_seqlens makes two sequences share
+// workspace rows (their extra increments then only let this block go early: wrong numbers for a
+// wrong input, as everywhere else, but the kernel still finishes).
 __device__ __forceinline__ void dq_wait_turn(const int* sem, int expected) {
-  while (load_acquire(sem) != expected) __nanosleep(32);
+  while (load_acquire(sem) < expected) __nanosleep(32);
   asm volatile("fence.proxy.async.global;\n" ::: "memory");  // the bulk op comes after the acquire
 }
 
@@ -74,18 +78,19 @@ __device__ __forceinline__ void bwd_dq_writer(const BwdKernelParams<Traits>& p,
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
   const int m_count = range.m_end - range.m_begin;
   const int steps = m_count * p.head_ratio;
+  const BwdSeqInfo si = bwd_seq_info(p, bidb);
   for (int step = 0; step < steps; ++step) {
     const int bidh = bidhk * p.head_ratio + step / m_count;
     const int m_block = range.m_end - 1 - step % m_count;  // descending, see step_order
     reinterpret_cast<Barrier&>(ss.dq_full).wait(step & 1);
-    const int64_t bh = int64_t(bidb) * p.nheads + bidh;
-    int* sem = p.dq_sem + bh * p.num_m_blocks + m_block;
+    // Workspace rows start on kBlockM boundaries (bwd_workspace.h): the tile's semaphore index.
+    const int64_t ws_row = si.ws_row(bidh, m_block * kBlockM);
+    int* sem = p.dq_sem + ws_row / kBlockM;
     if constexpr (kDeterministic) {
       // Key blocks add in ascending order, from n_first(m).
       dq_wait_turn(sem, n_block - key_block_range<kBlockM, kBlockN>(rule, m_block).n_min);
     }
-    bulk_reduce_add_f32(p.dq_accum + (bh * p.seqlen_q_rounded + int64_t(m_block) * kBlockM) * kHeadDim,
-                        ss.dq, kBlockM * kHeadDim * sizeof(float));
+    bulk_reduce_add_f32(p.dq_accum + ws_row * kHeadDim, ss.dq, kBlockM * kHeadDim * sizeof(float));
     bulk_commit();
     bulk_wait_read();
     reinterpret_cast<Barrier&>(ss.dq_empty).arrive();

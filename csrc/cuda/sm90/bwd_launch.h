@@ -3,9 +3,16 @@
 // Included only by the files in inst/ (heavy: pulls in the kernel).
 #pragma once
 
+// Before any CuTe header: the wgmma selector may then pick 64xNx16 shapes with N not a power of 2
+// (d96: the dQ GEMM of 48 columns per warpgroup; without it CuTe issues three 64x16x16).
+#ifndef CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
+#define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
+#endif
+
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -13,6 +20,7 @@
 #include "bwd_kernel.h"
 #include "bwd_launch_decl.h"
 #include "bwd_workspace.h"
+#include "common/philox.h"  // dropout_keep_threshold
 #include "flash/params.h"
 #include "fwd_launch.h"  // detail::make_qkv_tma, detail::tma_stride
 
@@ -67,6 +75,15 @@ void run_bwd_hdim(const BwdParams& params, cudaStream_t stream) {
   ap.nheads = params.nheads;
   ap.seqlen_q_rounded = ws.seqlen_q_rounded;
   ap.softmax_scale = params.softmax_scale;
+  const bool varlen = params.cu_seqlens_q != nullptr;
+  ap.cu_seqlens_q = params.cu_seqlens_q;
+  ap.total_q = params.total_q;
+  ap.ws_head_stride = ws.head_stride;
+  ap.ws_block_m = Traits::kBlockM;
+  // Varlen: the sequences are row ranges of (total, heads, d) tensors, mapped as one batch entry.
+  const int rows_q = varlen ? params.total_q : params.seqlen_q;
+  const int rows_k = varlen ? int(params.total_k) : params.seqlen_k;
+  const int map_batch = varlen ? 1 : params.batch;
 
   if (ws.seqlen_q_rounded > 0) {
     const dim3 grid((ws.seqlen_q_rounded + 7) / 8, params.nheads, params.batch);
@@ -75,23 +92,23 @@ void run_bwd_hdim(const BwdParams& params, cudaStream_t stream) {
   }
 
   const int n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
-  if (n_blocks > 0) {
+  if (n_blocks > 0 && rows_q > 0 && rows_k > 0) {  // (a TMA map cannot be empty)
     const auto tile_q = Shape<Int<Traits::kBlockM>, Int<kHeadDim>>{};
     const auto tile_kv = Shape<Int<Traits::kBlockN>, Int<kHeadDim>>{};
     const auto smem_q = take<0, 2>(typename Traits::SmemLayoutQ{});
     const auto smem_kv = typename Traits::SmemLayoutK{};
     BwdKernelParams<Traits> kp{
         detail::make_qkv_tma<Traits, typename Tmas::TmaQ>(
-            params.q, params.seqlen_q, params.nheads, params.batch, params.q_row_stride,
+            params.q, rows_q, params.nheads, map_batch, params.q_row_stride,
             params.q_head_stride, params.q_batch_stride, smem_q, tile_q),
         detail::make_qkv_tma<Traits, typename Tmas::TmaQ>(
-            params.dout, params.seqlen_q, params.nheads, params.batch, params.dout_row_stride,
+            params.dout, rows_q, params.nheads, map_batch, params.dout_row_stride,
             params.dout_head_stride, params.dout_batch_stride, smem_q, tile_q),
         detail::make_qkv_tma<Traits, typename Tmas::TmaKV>(
-            params.k, params.seqlen_k, params.nheads_k, params.batch, params.k_row_stride,
+            params.k, rows_k, params.nheads_k, map_batch, params.k_row_stride,
             params.k_head_stride, params.k_batch_stride, smem_kv, tile_kv),
         detail::make_qkv_tma<Traits, typename Tmas::TmaKV>(
-            params.v, params.seqlen_k, params.nheads_k, params.batch, params.v_row_stride,
+            params.v, rows_k, params.nheads_k, map_batch, params.v_row_stride,
             params.v_head_stride, params.v_batch_stride, smem_kv, tile_kv),
     };
     kp.batch = params.batch;
@@ -102,6 +119,15 @@ void run_bwd_hdim(const BwdParams& params, cudaStream_t stream) {
     kp.head_ratio = params.nheads / params.nheads_k;
     kp.num_m_blocks = ws.num_m_blocks;
     kp.seqlen_q_rounded = ws.seqlen_q_rounded;
+    kp.cu_seqlens_q = params.cu_seqlens_q;
+    kp.cu_seqlens_k = params.cu_seqlens_k;
+    kp.total_q = rows_q;
+    kp.total_k = rows_k;
+    kp.ws_head_stride = ws.head_stride;
+    kp.dropout = params.dropout_p > 0.f;
+    kp.keep_threshold = dropout_keep_threshold(params.dropout_p);
+    kp.rp_dropout = kp.dropout ? 1.f / (1.f - params.dropout_p) : 1.f;
+    kp.rng_state = params.rng_state;
     kp.window_left = params.window_left;
     kp.window_right = params.window_right;
     kp.softmax_scale = params.softmax_scale;
@@ -121,10 +147,13 @@ void run_bwd_hdim(const BwdParams& params, cudaStream_t stream) {
     kp.dv_row_stride = params.dv_row_stride;
     kp.dv_head_stride = params.dv_head_stride;
 
+    // Three kernels (x deterministic): lean (no modifier), softcap / ALiBi, dropout (with or
+    // without softcap / ALiBi: the modifiers are runtime-checked inside).
     const bool mod_scores = params.softcap > 0.f || params.alibi_slopes != nullptr;
-    auto kernel = mod_scores
-        ? (params.deterministic ? bwd_kernel<Traits, true, true> : bwd_kernel<Traits, true, false>)
-        : (params.deterministic ? bwd_kernel<Traits, false, true> : bwd_kernel<Traits, false, false>);
+    const bool det = params.deterministic;
+    auto kernel = kp.dropout ? (det ? bwd_kernel<Traits, true, true, true> : bwd_kernel<Traits, true, false, true>)
+                  : mod_scores ? (det ? bwd_kernel<Traits, true, true> : bwd_kernel<Traits, true, false>)
+                               : (det ? bwd_kernel<Traits, false, true> : bwd_kernel<Traits, false, false>);
     constexpr int kSmem = Traits::kSmemBytes;
     bwd_detail::check_cuda(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),

@@ -23,10 +23,19 @@ __device__ __forceinline__ void bwd_producer(const BwdKernelParams<Traits>& p,
   const int steps = m_count * p.head_ratio;
   if (steps <= 0) return;  // the consumers skip everything as well
 
-  Tensor mQ = p.tma_q.get_tma_tensor(make_shape(p.seqlen_q, kHeadDim, p.nheads, p.batch));
-  Tensor mdO = p.tma_do.get_tma_tensor(make_shape(p.seqlen_q, kHeadDim, p.nheads, p.batch));
-  Tensor mK = p.tma_k.get_tma_tensor(make_shape(p.seqlen_k, kHeadDim, p.nheads_k, p.batch));
-  Tensor mV = p.tma_v.get_tma_tensor(make_shape(p.seqlen_k, kHeadDim, p.nheads_k, p.batch));
+  // Varlen: maps (total rows, d, heads, 1); the sequence is the row range at q/k_offset
+  // (domain_offset below). Rows of the next sequence inside a tail box are loaded but contribute
+  // nothing: tail keys are masked (P = 0, dS = 0, dK/dV rows not stored), tail queries have
+  // lse_log2 = +inf and D = 0 in the per-sequence padded workspace (P = 0, dS = 0).
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const BwdSeqInfo si = bwd_seq_info(p, bidb);
+  const int tb = varlen ? 0 : bidb;  // batch coordinate of the maps
+  const int rows_q = varlen ? p.total_q : p.seqlen_q, rows_k = varlen ? p.total_k : p.seqlen_k;
+  const int map_batch = varlen ? 1 : p.batch;
+  Tensor mQ = p.tma_q.get_tma_tensor(make_shape(rows_q, kHeadDim, p.nheads, map_batch));
+  Tensor mdO = p.tma_do.get_tma_tensor(make_shape(rows_q, kHeadDim, p.nheads, map_batch));
+  Tensor mK = p.tma_k.get_tma_tensor(make_shape(rows_k, kHeadDim, p.nheads_k, map_batch));
+  Tensor mV = p.tma_v.get_tma_tensor(make_shape(rows_k, kHeadDim, p.nheads_k, map_batch));
   Tensor sQ = make_tensor(make_smem_ptr(ss.q), typename Traits::SmemLayoutQ{});
   Tensor sdO = make_tensor(make_smem_ptr(ss.dout), typename Traits::SmemLayoutdO{});
   Tensor sK = make_tensor(make_smem_ptr(ss.k), typename Traits::SmemLayoutK{});
@@ -39,10 +48,10 @@ __device__ __forceinline__ void bwd_producer(const BwdKernelParams<Traits>& p,
   Tensor tdOsdO = group_modes<0, 3>(tma_do.partition_D(sdO));  // (TMA, stages)
 
   {  // K and V of this key block, once.
-    Tensor gK = local_tile(mK(_, _, bidhk, bidb), Shape<Int<kBlockN>, Int<kHeadDim>>{},
-                           make_coord(n_block, _0{}));
-    Tensor gV = local_tile(mV(_, _, bidhk, bidb), Shape<Int<kBlockN>, Int<kHeadDim>>{},
-                           make_coord(n_block, _0{}));
+    Tensor gK = local_tile(domain_offset(make_coord(si.k_offset, _0{}), mK(_, _, bidhk, tb)),
+                           Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(n_block, _0{}));
+    Tensor gV = local_tile(domain_offset(make_coord(si.k_offset, _0{}), mV(_, _, bidhk, tb)),
+                           Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(n_block, _0{}));
     auto& full_kv = reinterpret_cast<Barrier&>(ss.full_kv);
     full_kv.arrive_and_expect_tx(2 * Traits::kBytesKV);
     copy(p.tma_k.with(ss.full_kv), tma_k.partition_S(gK), tma_k.partition_D(sK));
@@ -54,13 +63,12 @@ __device__ __forceinline__ void bwd_producer(const BwdKernelParams<Traits>& p,
     const int m_block = range.m_end - 1 - step % m_count;  // descending, see step_order
     const int stage = step % Traits::kStages;
     const uint32_t phase = (step / Traits::kStages) & 1;
-    const int64_t row_stats = (int64_t(bidb) * p.nheads + bidh) * p.seqlen_q_rounded +
-                              int64_t(m_block) * kBlockM;
+    const int64_t row_stats = si.ws_row(bidh, m_block * kBlockM);
 
-    Tensor gQ = local_tile(mQ(_, _, bidh, bidb), Shape<Int<kBlockM>, Int<kHeadDim>>{},
-                           make_coord(m_block, _0{}));
-    Tensor gdO = local_tile(mdO(_, _, bidh, bidb), Shape<Int<kBlockM>, Int<kHeadDim>>{},
-                            make_coord(m_block, _0{}));
+    Tensor gQ = local_tile(domain_offset(make_coord(si.q_offset, _0{}), mQ(_, _, bidh, tb)),
+                           Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, _0{}));
+    Tensor gdO = local_tile(domain_offset(make_coord(si.q_offset, _0{}), mdO(_, _, bidh, tb)),
+                            Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, _0{}));
     Tensor tQgQ = group_modes<0, 3>(tma_q.partition_S(gQ));
     Tensor tdOgdO = group_modes<0, 3>(tma_do.partition_S(gdO));
 

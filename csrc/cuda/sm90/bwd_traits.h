@@ -42,17 +42,22 @@ struct BwdTraits {
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
 
-  static_assert(kHeadDim % 64 == 0, "128-byte swizzle needs rows of a multiple of 64 halves");
+  static_assert(kHeadDim % 32 == 0, "64-byte swizzle needs rows of a multiple of 32 halves");
   static_assert(kBlockN == 64 * kNumConsumerWarpgroups, "each consumer warpgroup owns 64 keys");
   static_assert(kBlockM == 64 || kBlockM == 128, "query block: one or two 64-row wgmma atoms");
 
   // ---- shared memory ---------------------------------------------------------------------------
-  using SmemAtomK = GMMA::Layout_K_SW128_Atom<Element>;   // 8 rows x 64 elements, row contiguous
+  // 8 rows x 64 elements, row contiguous; d96 (rows of 192 bytes): the 64-byte swizzle, 8 x 32.
+  using SmemAtomK = std::conditional_t<kHeadDim % 64 == 0, GMMA::Layout_K_SW128_Atom<Element>,
+                                       GMMA::Layout_K_SW64_Atom<Element>>;
   using SmemAtomMN = GMMA::Layout_MN_SW128_Atom<Element>; // 64 contiguous x 8
   using SmemLayoutQ =
       decltype(tile_to_shape(SmemAtomK{}, Shape<Int<kBlockM>, Int<kHeadDim>, Int<kStages>>{}));
   using SmemLayoutdO = SmemLayoutQ;
-  using SmemLayoutK = decltype(tile_to_shape(SmemAtomK{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+  // K / V of d96: the 32-byte swizzle (8 x 16 atoms), so that each consumer warpgroup's 48-column
+  // half of the K^T operand of dQ = dS K starts on an atom: one 64x48x16 wgmma per k-step.
+  using SmemAtomKV = std::conditional_t<kHeadDim % 64 == 0, SmemAtomK, GMMA::Layout_K_SW32_Atom<Element>>;
+  using SmemLayoutK = decltype(tile_to_shape(SmemAtomKV{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
   using SmemLayoutV = SmemLayoutK;
   // Transposed views (head dim, rows[, stage]) of the same bytes: MN-major B operands.
   using SmemLayoutQt = decltype(composition(
