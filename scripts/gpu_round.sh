@@ -36,7 +36,8 @@ ctest --test-dir "${FLASH_ATTN_BUILD_DIR:-build/dev}" -j 8 > "$out/ctest.log" 2>
 echo "ctest rc=$? $(grep -E 'tests passed|tests failed' "$out/ctest.log")" | tee -a "$out/summary.txt"
 
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
-# pytest-xdist, when installed, spreads the cases over processes sharing the GPU.
+# pytest-xdist, when installed, spreads the cases over processes sharing the GPU. Not more than 8:
+# some GPU test files keep ~5-10 GB of inputs per worker, and 14 workers ran an 80 GB H100 out of memory.
 xdist=""; python3 -c "import xdist" 2>/dev/null && xdist="-n 8"
 python3 -m pytest -q -p no:cacheprovider -rf $xdist --junitxml="$out/pytest.xml" $pytest_args > "$out/pytest.log" 2>&1
 echo "pytest rc=$? $(tail -1 "$out/pytest.log")" | tee -a "$out/summary.txt"
