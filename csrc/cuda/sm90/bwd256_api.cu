@@ -25,37 +25,12 @@ namespace flash::sm90 {
 
 namespace {
 
-bool bwd256_built_for(DType dtype, int head_dim) {
-  bool dtype_ok = false, hdim_ok = false;
-#if defined(FLASH_FP16_ENABLED)
-  dtype_ok |= dtype == DType::kFloat16;
-#endif
-#if defined(FLASH_BF16_ENABLED)
-  dtype_ok |= dtype == DType::kBFloat16;
-#endif
-#if defined(FLASH_HDIM_192_ENABLED)
-  hdim_ok |= head_dim == 192;
-#endif
-#if defined(FLASH_HDIM_256_ENABLED)
-  hdim_ok |= head_dim == 256;
-#endif
-  return dtype_ok && hdim_ok;
-}
-
 using checks::aligned16;
 using checks::device_is_sm90;
 using checks::fail;
 using checks::tma_stride_ok;
-
-bool tma_tensor_ok(const void* ptr, int64_t rs, int rows, int64_t hs, int heads, int64_t bs, int batch) {
-  return aligned16(ptr) && tma_stride_ok(rs, rows) && tma_stride_ok(hs, heads) &&
-         tma_stride_ok(bs, batch);
-}
-
-// Plain vector access (preprocess 16-byte loads, dQ convert 16-byte stores, dK/dV 4-byte stores).
-bool vec_tensor_ok(const void* ptr, int64_t bs, int64_t rs, int64_t hs) {
-  return aligned16(ptr) && bs % 8 == 0 && rs % 8 == 0 && hs % 8 == 0;
-}
+using checks::tma_tensor_ok;
+using checks::vec_tensor_ok;
 
 }  // namespace
 
@@ -63,7 +38,7 @@ bool supports_bwd256(const BwdParams& p, std::string* why) {
   if (p.device != Device::kCUDA) return fail(why, "device");
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) return fail(why, "dtype");
   if (p.head_dim != 192 && p.head_dim != 256) return fail(why, "head_dim");
-  if (!bwd256_built_for(p.dtype, p.head_dim)) return fail(why, "head_dim");
+  if (!checks::instantiation_built(p.dtype, p.head_dim)) return fail(why, "head_dim");
   // Not on this path yet (the sm80 backward takes them): varlen, paged KV, dropout.
   if (p.cu_seqlens_q != nullptr) return fail(why, "cu_seqlens_q");
   if (p.cu_seqlens_k != nullptr) return fail(why, "cu_seqlens_k");

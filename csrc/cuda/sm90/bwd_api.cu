@@ -37,39 +37,11 @@ bool hdim96_disabled() {
 }
 #endif
 
-bool bwd_built_for(DType dtype, int head_dim) {
-  bool dtype_ok = false, hdim_ok = false;
-#if defined(FLASH_FP16_ENABLED)
-  dtype_ok |= dtype == DType::kFloat16;
-#endif
-#if defined(FLASH_BF16_ENABLED)
-  dtype_ok |= dtype == DType::kBFloat16;
-#endif
-#if defined(FLASH_HDIM_64_ENABLED)
-  hdim_ok |= head_dim == 64;
-#endif
-#if defined(FLASH_HDIM_96_ENABLED)
-  hdim_ok |= head_dim == 96 && !hdim96_disabled();
-#endif
-#if defined(FLASH_HDIM_128_ENABLED)
-  hdim_ok |= head_dim == 128;
-#endif
-  return dtype_ok && hdim_ok;
-}
-
 using checks::device_is_sm90;
 using checks::aligned16;
 using checks::tma_stride_ok;
-
-bool tma_tensor_ok(const void* ptr, int64_t rs, int rows, int64_t hs, int heads, int64_t bs, int batch) {
-  return aligned16(ptr) && tma_stride_ok(rs, rows) && tma_stride_ok(hs, heads) &&
-         tma_stride_ok(bs, batch);
-}
-
-// Plain vector access (preprocess 4-8 byte loads, dQ convert 16-byte stores, dK/dV 4-byte stores).
-bool vec_tensor_ok(const void* ptr, int64_t bs, int64_t rs, int64_t hs) {
-  return aligned16(ptr) && bs % 8 == 0 && rs % 8 == 0 && hs % 8 == 0;
-}
+using checks::tma_tensor_ok;
+using checks::vec_tensor_ok;
 
 using checks::fail;
 
@@ -94,7 +66,10 @@ bool supports_bwd(const BwdParams& p, std::string* why) {
   if (p.device != Device::kCUDA) return fail(why, "device");
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) return fail(why, "dtype");
   if (p.head_dim != 64 && p.head_dim != 96 && p.head_dim != 128) return fail(why, "head_dim");
-  if (!bwd_built_for(p.dtype, p.head_dim)) return fail(why, "head_dim");
+  if (!checks::instantiation_built(p.dtype, p.head_dim)) return fail(why, "head_dim");
+#if defined(FLASH_HDIM_96_ENABLED)
+  if (p.head_dim == 96 && hdim96_disabled()) return fail(why, "head_dim");
+#endif
   // Not on this path (the sm80 backward takes them): paged KV, seqused_k (rows between seqused_k
   // and the sequence end may be uninitialised: whole K tiles are read and a NaN there would reach
   // dQ through dS K even with dS = 0), degenerate varlen batches.

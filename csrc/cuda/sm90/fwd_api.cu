@@ -31,32 +31,6 @@ namespace flash::sm90 {
 
 namespace {
 
-bool built_for(DType dtype, int head_dim) {
-  bool dtype_ok = false, hdim_ok = false;
-#if defined(FLASH_FP16_ENABLED)
-  dtype_ok |= dtype == DType::kFloat16;
-#endif
-#if defined(FLASH_BF16_ENABLED)
-  dtype_ok |= dtype == DType::kBFloat16;
-#endif
-#if defined(FLASH_HDIM_64_ENABLED)
-  hdim_ok |= head_dim == 64;
-#endif
-#if defined(FLASH_HDIM_96_ENABLED)
-  hdim_ok |= head_dim == 96;
-#endif
-#if defined(FLASH_HDIM_128_ENABLED)
-  hdim_ok |= head_dim == 128;
-#endif
-#if defined(FLASH_HDIM_192_ENABLED)
-  hdim_ok |= head_dim == 192;
-#endif
-#if defined(FLASH_HDIM_256_ENABLED)
-  hdim_ok |= head_dim == 256;
-#endif
-  return dtype_ok && hdim_ok;
-}
-
 // FLASH_SM90_FWD_VARLEN=0 sends varlen calls to the sm80 path (an escape hatch while the sm90
 // varlen path is new); read once per process.
 bool varlen_disabled() {
@@ -81,7 +55,7 @@ bool supports_fwd(const FwdParams& p, std::string* why) {
   if (p.head_dim != 64 && p.head_dim != 96 && p.head_dim != 128 && p.head_dim != 192 &&
       p.head_dim != 256)
     return fail(why, "head_dim");
-  if (!built_for(p.dtype, p.head_dim))  // instantiation filtered out of this build
+  if (!checks::instantiation_built(p.dtype, p.head_dim))  // instantiation filtered out of this build
     return fail(why, "head_dim");
   // Not yet on this path (the sm80 path takes them): paged KV, S_dmask.
   if (p.block_table != nullptr) return fail(why, "block_table");
