@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "cuda/kvcache/kvcache.h"
@@ -44,16 +45,83 @@ int smem_optin_per_block(int device) {
   return device_attr<cudaDevAttrMaxSharedMemoryPerBlockOptin>(device, 227 * 1024);
 }
 
+int bucket_of(const KvcacheParams& p) { return std::max(32, (p.head_dim + 31) / 32 * 32); }
+
+// Switches read on every call, so that A/B runs can interleave variants in one process
+// (bench_decode.py --inproc). Unset: `dflt`; "1" on, anything else off.
+bool env_on(const char* name, bool dflt) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || env[0] == '\0') return dflt;
+  return env[0] == '1';
+}
+int env_int(const char* name, int dflt) {
+  const char* env = std::getenv(name);
+  return env != nullptr && env[0] != '\0' ? std::atoi(env) : dflt;
+}
+
+// The kernel switches of one call (5 getenv, ~0.5 us).
+//   FLASH_KVCACHE_LEAN=0      padded 3-stage layout instead of the lean one (kvcache_args.h)
+//   FLASH_KVCACHE_LEAN_OCC=n  cap on resident lean CTAs per SM (default 2; 0 = none, 3 on an H100).
+//                             H100 session 5 round 1: 3 per SM slower than 2 at (32, 8192) (368.9 us
+//                             with 3 splits vs 361.8 with 256 CTAs) and (1, 8192) (25.5 vs 23.9 us);
+//                             the microbenchmark streams 3.14 TB/s with 2 stages x 2 CTAs, 3.02 x 3.
+//   FLASH_KVCACHE_DEEP_MIN=n  CTAs with > n key tiles run the deep pipeline schedule. Default: 8 for
+//                             the padded layout (pass 2: +1 % for long CTAs), never for the lean
+//                             one (H100 session 5 round 2: the classic schedule 349.0 / 356.8 /
+//                             701.2 us vs deep 361.6 / 360.4 / 717.8 at (32, 8192) / (128, 2048) /
+//                             (8, 65536))
+//   FLASH_KVCACHE_FASTMASK=0  per-element mask tests on every tile
+//   FLASH_KVCACHE_DIRECT=0    contiguous caches read row offsets from the smem table too (round 2,
+//                             deep schedule: 0.3-0.7 % faster than direct; with the classic schedule
+//                             only direct was measured, so direct stays the default)
+struct Switches {
+  bool lean, fastmask, direct;
+  int lean_cap, deep_min;
+};
+Switches read_switches() {
+  Switches sw;
+  sw.lean = env_on("FLASH_KVCACHE_LEAN", true);
+  sw.lean_cap = env_int("FLASH_KVCACHE_LEAN_OCC", 2);
+  sw.deep_min = env_int("FLASH_KVCACHE_DEEP_MIN", -1);  // -1: the layout's default
+  sw.fastmask = env_on("FLASH_KVCACHE_FASTMASK", true);
+  sw.direct = env_on("FLASH_KVCACHE_DIRECT", true);
+  return sw;
+}
+
+constexpr int kMaxTilesNeverDeep = 1 << 30;  // deep_min_tiles that keeps every CTA classic
+
+// Shared-memory layout of a call and the cap on its resident CTAs per SM (0: none).
+struct Layout {
+  bool lean;
+  int cap;
+};
+Layout layout_of(const KvcacheParams& p, const Switches& sw) {
+  const bool lean = lean_supported(bucket_of(p)) && sw.lean;
+  return {lean, lean ? sw.lean_cap : 0};
+}
+
 // Attention CTAs resident per SM for this call's head-dim bucket: limited by shared memory
 // (1 KB per CTA is reserved by the driver) and by registers (<= 255 per thread, 64K per SM).
-int ctas_per_sm(const KvcacheParams& p) {
-  const int bucket = std::max(32, (p.head_dim + 31) / 32 * 32);
-  const int by_smem = smem_per_sm(p.device_index) / (attn_smem_bytes(bucket) + 1024);
+int ctas_per_sm_uncapped(const KvcacheParams& p, bool lean) {
+  const int bucket = bucket_of(p);
+  const int by_smem = smem_per_sm(p.device_index) / (attn_smem_bytes(bucket, lean) + 1024);
   // ptxas -v (sm_90), rounded up: d32 114, d64..d128 168 (the split merge's 16 loads in flight),
   // d160..d256 <= 255.
   const int regs = bucket <= 32 ? 128 : (bucket <= 128 ? 168 : 256);
   const int by_regs = 65536 / (regs * kThreads);
   return std::max(1, std::min(by_smem, by_regs));
+}
+int ctas_per_sm(const KvcacheParams& p, Layout l) {
+  const int n = ctas_per_sm_uncapped(p, l.lean);
+  return l.cap > 0 ? std::min(n, l.cap) : n;
+}
+// Dynamic shared memory that makes at most ctas_per_sm(p, l) CTAs fit an SM (0: no padding).
+int padded_smem_bytes(const KvcacheParams& p, Layout l) {
+  const int n = ctas_per_sm(p, l);
+  if (n >= ctas_per_sm_uncapped(p, l.lean)) return 0;
+  // (n + 1) CTAs of S + 1 KB (reserved per CTA) must not fit: S > smem_per_sm / (n + 1) - 1 KB.
+  const int s = (smem_per_sm(p.device_index) / (n + 1) - 1024 + 128 + 127) / 128 * 128;
+  return std::min(s, smem_optin_per_block(p.device_index));
 }
 
 int group_of(const KvcacheParams& p) { return p.nheads_k > 0 ? p.nheads / p.nheads_k : 1; }
@@ -69,12 +137,12 @@ int m_tiles_of(const KvcacheParams& p) {
 // already fill >= 80% of the slots; otherwise the smallest split count whose wave efficiency
 // (CTAs / (waves x slots), counting only splits that get key tiles) is within 5% of the best
 // one, with at least 2 key tiles per split so each CTA has a pipeline to fill.
-int choose_splits(const KvcacheParams& p) {
+int choose_splits(const KvcacheParams& p, Layout l) {
   if (p.batch == 0 || p.seqlen_q == 0 || p.num_splits == 1) return 1;
   const int max_tiles = std::max(1, (p.seqlen_k + kBlockN - 1) / kBlockN);
   if (p.num_splits > 1) return std::min({p.num_splits, max_tiles, kMaxSplits});
   const int64_t ctas = static_cast<int64_t>(p.batch) * p.nheads_k * m_tiles_of(p);
-  const int64_t slots = static_cast<int64_t>(sm_count(p.device_index)) * ctas_per_sm(p);
+  const int64_t slots = static_cast<int64_t>(sm_count(p.device_index)) * ctas_per_sm(p, l);
   if (ctas * 5 >= slots * 4) return 1;  // splitting only adds the combine
   const int max_splits = std::min(kMaxSplits, std::max(1, max_tiles / 2));
   auto efficiency = [&](int s) {
@@ -203,10 +271,24 @@ bool supports(const KvcacheParams& p, std::string* why) {
   return true;
 }
 
-size_t workspace_size(const KvcacheParams& p) {
-  const int splits = choose_splits(p);
+namespace {
+size_t workspace_bytes_for(const KvcacheParams& p, int splits) {
   if (splits <= 1) return 0;
   return part_o_bytes(p, splits) + static_cast<size_t>(splits) * output_rows(p) * sizeof(float);
+}
+
+}  // namespace
+
+// Enough for either layout where the lean one exists: the Python plan cache sizes the workspace
+// once per tensor metadata, while FLASH_KVCACHE_LEAN may change between calls (A/B runs).
+size_t workspace_size(const KvcacheParams& p) {
+  const Switches sw = read_switches();
+  size_t bytes = workspace_bytes_for(p, choose_splits(p, Layout{false, 0}));
+  if (lean_supported(bucket_of(p))) {  // the capped lean layout of these switches and uncapped
+    bytes = std::max(bytes, workspace_bytes_for(p, choose_splits(p, Layout{true, sw.lean_cap})));
+    bytes = std::max(bytes, workspace_bytes_for(p, choose_splits(p, Layout{true, 0})));
+  }
+  return bytes;
 }
 
 void run(const KvcacheParams& p, void* stream) {
@@ -262,11 +344,18 @@ void run(const KvcacheParams& p, void* stream) {
   a.seqlen_rotary = p.seqlen_rotary;
   a.rot_interleaved = p.rotary_interleaved;
   a.rot_query_per_row = a.window_left >= 0 || a.window_right >= 0;
-  a.splits = choose_splits(p);
+  const Switches sw = read_switches();
+  const Layout layout = layout_of(p, sw);
+  a.lean = layout.lean;
+  a.deep_min_tiles = sw.deep_min >= 0 ? sw.deep_min : (layout.lean ? kMaxTilesNeverDeep : 8);
+  a.fast_interior = sw.fastmask;
+  a.direct_offsets = sw.direct;
+  a.smem_bytes = padded_smem_bytes(p, layout);
+  a.splits = choose_splits(p, layout);
   if (a.splits > 1) {
-    if (p.workspace == nullptr || p.workspace_bytes < workspace_size(p)) {
-      throw Error("workspace", "kvcache split-KV needs " + std::to_string(workspace_size(p)) +
-                                   " bytes");
+    const size_t need = workspace_bytes_for(p, a.splits);
+    if (p.workspace == nullptr || p.workspace_bytes < need) {
+      throw Error("workspace", "kvcache split-KV needs " + std::to_string(need) + " bytes");
     }
     a.part_o = static_cast<float*>(p.workspace);
     a.part_lse = reinterpret_cast<float*>(static_cast<char*>(p.workspace) +

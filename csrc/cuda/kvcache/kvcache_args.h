@@ -65,6 +65,17 @@ struct AttnArgs {
   // zero before the launch; the CTA that arrives last merges that group's partial rows and
   // resets the counter to zero for the next call. nullptr: a separate combine kernel merges.
   unsigned* tickets;
+  // Lean shared-memory layout (see attn_smem_bytes); only honoured where lean_supported(bucket).
+  bool lean;
+  // CTAs with more key tiles than this use the deep pipeline schedule (kvcache_attn_kernel.cuh).
+  int deep_min_tiles;
+  // Tiles whose keys every row sees, without softcap / ALiBi, skip the per-element mask tests.
+  bool fast_interior;
+  // Contiguous caches: the copy loop computes key-row offsets itself (no smem offset table).
+  bool direct_offsets;
+  // Dynamic shared memory to launch with when larger than the layout needs (0: the layout's own):
+  // padding that caps the resident CTAs per SM. Host-side only.
+  int smem_bytes;
 };
 
 // Where one sequence's keys live and how many it attends (all values clamped so that no index
@@ -110,17 +121,30 @@ constexpr int64_t kMaxTicketsPerCall = 8192;
 void launch_combine(const AttnArgs& args, DType dtype, void* stream);
 
 // Dynamic shared memory of the attention kernel for a head-dim bucket.
-// 3 stages up to 128 (H100: 4 CTAs/SM at d64, 2 at d128); 2 beyond (the tiles get large).
-constexpr int stages_for(int head_dim) { return head_dim <= 128 ? 3 : 2; }
+// 3 stages up to 128 (H100: 3 CTAs/SM at d64, 2 at d128); 2 beyond (the tiles get large).
+//
+// Lean layout (d128 only, chosen per call, see kvcache_api.cu): 2 stages of UNPADDED K/V rows,
+// the 16-byte chunks of row r stored at chunk c ^ (r & 7) so the 8 rows an ldmatrix reads still
+// hit 8 different bank groups. 72,896 B instead of 112,896 B: 3 CTAs (12 warps) per H100 SM
+// instead of 2, with the same bytes in flight per SM (3 x 2 tiles vs 2 x 3). The bet (pass 4):
+// the kernel is limited by too few warps to overlap its per-tile math with the waits.
+constexpr bool lean_supported(int head_dim) { return head_dim == 128; }
+constexpr int stages_for(int head_dim, bool lean = false) {
+  return lean ? 2 : (head_dim <= 128 ? 3 : 2);
+}
 constexpr int smem_row_elems(int head_dim) { return head_dim + 8; }  // +16 B: ldmatrix conflict-free
+constexpr int kv_row_elems(int head_dim, bool lean) {
+  return lean ? head_dim : smem_row_elems(head_dim);
+}
 
-// Dynamic shared memory of the attention kernel for a head-dim bucket (AttnCfg<D>::kSmemBytes
-// static_asserts that it matches): K/V stages, Q tile, merge statistics (m, l, weight per warp
-// and row, lse per row), per-stage key-ok flags, per-stage key-row offsets (K and V, int64).
-constexpr int attn_smem_bytes(int head_dim) {
-  return stages_for(head_dim) * 2 * kBlockN * smem_row_elems(head_dim) * 2 +
+// Dynamic shared memory of the attention kernel for a head-dim bucket (AttnCfg<D, lean>::kSmemBytes
+// static_asserts that it matches): K/V stages, Q tile (always padded), merge statistics (m, l,
+// weight per warp and row, lse per row), per-stage key-ok flags, per-stage key-row offsets (K and
+// V, int64).
+constexpr int attn_smem_bytes(int head_dim, bool lean = false) {
+  return stages_for(head_dim, lean) * 2 * kBlockN * kv_row_elems(head_dim, lean) * 2 +
          kRowsPerTile * smem_row_elems(head_dim) * 2 + (3 * kWarps * kRowsPerTile + kRowsPerTile) * 4 +
-         stages_for(head_dim) * kBlockN + stages_for(head_dim) * kBlockN * 2 * 8;
+         stages_for(head_dim, lean) * kBlockN + stages_for(head_dim, lean) * kBlockN * 2 * 8;
 }
 
 }  // namespace flash::kvcache_cuda

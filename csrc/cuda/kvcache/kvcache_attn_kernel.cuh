@@ -26,15 +26,21 @@
 
 namespace flash::kvcache_cuda {
 
-template <int D>
+template <int D, bool kLean = false>
 struct AttnCfg {
   static_assert(D % 32 == 0 && D <= 256, "head-dim buckets are multiples of 32");
-  static constexpr int kStages = stages_for(D);
-  static constexpr int kRow = smem_row_elems(D);  // elements per shared-memory row
-  static constexpr int kChunks = D / 8;           // 16-byte chunks per row
+  static_assert(!kLean || lean_supported(D), "lean layout only where the host allows it");
+  static constexpr int kStages = stages_for(D, kLean);
+  static constexpr int kRow = kv_row_elems(D, kLean);  // elements per K/V shared-memory row
+  static constexpr int kQRow = smem_row_elems(D);     // elements per Q row (always padded)
+  static constexpr int kChunks = D / 8;               // 16-byte chunks per row
+  // Lean rows are unpadded: chunk c of row r lives at chunk c ^ (r & 7) (the 8 rows of one
+  // ldmatrix then cover all 32 banks; needs whole groups of 8 chunks).
+  static constexpr bool kSwizzle = kLean;
+  static_assert(!kSwizzle || kChunks % 8 == 0, "swizzle permutes groups of 8 chunks");
   static constexpr int kTileElems = kBlockN * kRow;
   static constexpr int kKvBytes = kStages * 2 * kTileElems * 2;
-  static constexpr int kQBytes = kRowsPerTile * kRow * 2;
+  static constexpr int kQBytes = kRowsPerTile * kQRow * 2;
   // m[kWarps][16], l[kWarps][16], weight[kWarps][16], lse[16]
   static constexpr int kStatFloats = 3 * kWarps * kRowsPerTile + kRowsPerTile;
   static constexpr int kOkBytes = kStages * kBlockN;
@@ -42,24 +48,29 @@ struct AttnCfg {
   // ahead by the thread that owns the row, so the copy loop does no page lookups or divisions.
   static constexpr int kOffBytes = kStages * kBlockN * 2 * 8;
   static constexpr int kSmemBytes = kKvBytes + kQBytes + kStatFloats * 4 + kOkBytes + kOffBytes;
-  static_assert(kSmemBytes == attn_smem_bytes(D), "host occupancy estimate must match");
+  static_assert(kSmemBytes == attn_smem_bytes(D, kLean), "host occupancy estimate must match");
   // The end-of-CTA merge reuses the K/V region for the 4 warps' fp32 O tiles.
   static constexpr int kORow = D + 8;  // floats; +8 breaks the 8-way bank conflict of float2 stores
   static_assert(kWarps * kRowsPerTile * kORow * 4 <= kKvBytes, "merge buffer must fit");
   static_assert(kMergeSmemBytes <= kKvBytes, "split merge buffer must fit");
   static constexpr int kQItersPerThread = (kRowsPerTile * kChunks + kThreads - 1) / kThreads;
+  // Element offset of 16-byte chunk c of K/V row r within a tile.
+  __device__ __forceinline__ static int kv_at(int r, int c) {
+    return r * kRow + (kSwizzle ? (c ^ (r & 7)) : c) * 8;
+  }
+  // Resident CTAs per SM the register allocation must allow (lean: 3 x 128 threads -> <= 168).
+  // 0 = no hint: an explicit 1 makes ptxas use 176 registers instead of 166 at d128 (nvcc 13).
+  static constexpr int kMinBlocks = kLean ? 3 : 0;
 };
 
 constexpr float kLog2e = 1.4426950408889634f;
-// CTAs with more key tiles than this use the deep pipeline schedule (see the main loop).
-constexpr int kDeepPipelineMinTiles = 8;
 
 // Rotates the query tile in shared memory (first rotary_dim dims of each valid row), in fp32 with
 // one rounding to the storage type, as the CPU backend does.
 template <typename Elem, int D>
 __device__ __forceinline__ void rotate_query_tile(const AttnArgs& a, Elem* sQ, int p0, int p_end,
                                                   int cached) {
-  using Cfg = AttnCfg<D>;
+  using Cfg = AttnCfg<D>;  // the Q tile layout is the same in both layouts
   using T = ElemTraits<Elem>;
   const Elem* cos_tab = static_cast<const Elem*>(a.rot_cos);
   const Elem* sin_tab = static_cast<const Elem*>(a.rot_sin);
@@ -78,15 +89,15 @@ __device__ __forceinline__ void rotate_query_tile(const AttnArgs& a, Elem* sQ, i
       const int d = c * 8 + e;
       if (!row_ok || d >= a.rotary_dim) {
         // Unrotated dims (and rows without a position) keep their value; idx past the tile: unused.
-        rotated[it][e] = idx < kRowsPerTile * Cfg::kChunks ? sQ[r * Cfg::kRow + d]
+        rotated[it][e] = idx < kRowsPerTile * Cfg::kChunks ? sQ[r * Cfg::kQRow + d]
                                                            : T::from_float(0.f);
         continue;
       }
       const bool first = a.rot_interleaved ? (d & 1) == 0 : d < half;
       const int partner = a.rot_interleaved ? (d ^ 1) : (first ? d + half : d - half);
       const int f = a.rot_interleaved ? d / 2 : (first ? d : d - half);
-      const float x = T::to_float(sQ[r * Cfg::kRow + d]);
-      const float y = T::to_float(sQ[r * Cfg::kRow + partner]);
+      const float x = T::to_float(sQ[r * Cfg::kQRow + d]);
+      const float y = T::to_float(sQ[r * Cfg::kQRow + partner]);
       const float cs = T::to_float(cos_tab[static_cast<int64_t>(pos) * half + f]);
       const float sn = T::to_float(sin_tab[static_cast<int64_t>(pos) * half + f]);
       // first: x*c - y*s; second: y*s + x*c (partner is x0). _rn: no FMA contraction, like the CPU.
@@ -102,13 +113,14 @@ __device__ __forceinline__ void rotate_query_tile(const AttnArgs& a, Elem* sQ, i
     if (idx >= kRowsPerTile * Cfg::kChunks) break;
     const int r = idx / Cfg::kChunks, c = idx % Cfg::kChunks;
 #pragma unroll
-    for (int e = 0; e < 8; ++e) sQ[r * Cfg::kRow + c * 8 + e] = rotated[it][e];
+    for (int e = 0; e < 8; ++e) sQ[r * Cfg::kQRow + c * 8 + e] = rotated[it][e];
   }
 }
 
-template <typename Elem, int D>
-__global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a) {
-  using Cfg = AttnCfg<D>;
+template <typename Elem, int D, bool kLean>
+__global__ void __launch_bounds__(kThreads, AttnCfg<D, kLean>::kMinBlocks)
+    kvcache_attn_kernel(const AttnArgs a) {
+  using Cfg = AttnCfg<D, kLean>;
   using T = ElemTraits<Elem>;
   extern __shared__ __align__(128) unsigned char smem[];
   Elem* sKV = reinterpret_cast<Elem*>(smem);
@@ -153,6 +165,9 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
   const int64_t k_row0 = paged ? 0 : static_cast<int64_t>(max(sq.cache_row, 0)) * a.k_bs;
   const int64_t v_row0 = paged ? 0 : static_cast<int64_t>(max(sq.cache_row, 0)) * a.v_bs;
   const bool owns_row = tid < kBlockN;
+  // FLASH_KVCACHE_DIRECT (contiguous caches only): the copy loop computes its row offsets itself
+  // instead of reading the smem table (no table writes, no table reads; CTA-uniform).
+  const bool direct = a.direct_offsets && !paged;
   // Block-table entry of this thread's key row in `tile` (0 when contiguous or out of range).
   auto fetch_page = [&](int tile) -> int {
     const int j = lo + tile * kBlockN + tid;
@@ -162,7 +177,7 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
     return __ldg(bt + slot);
   };
   auto store_offsets = [&](int tile, int page, int stage) {
-    if (!owns_row) return;
+    if (!owns_row || direct) return;
     const int j = lo + tile * kBlockN + tid;
     const int t = sq.leftpad + j;
     int64_t ko = -1, vo = -1;
@@ -179,7 +194,7 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
     sOff[(stage * kBlockN + tid) * 2] = ko;
     sOff[(stage * kBlockN + tid) * 2 + 1] = vo;
   };
-  auto issue_tile = [&](int stage) {
+  auto issue_tile = [&](int stage, int tile) {
     Elem* sK = sKV + stage * 2 * Cfg::kTileElems;
     Elem* sV = sK + Cfg::kTileElems;
     const int64_t* off = sOff + stage * kBlockN * 2;
@@ -195,8 +210,15 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
 #pragma unroll
       for (int u = 0; u < kGroup; ++u) {
         const int r = (tid + (g0 + u) * kThreads) / Cfg::kChunks;
-        ko[u] = off[r * 2];
-        vo[u] = off[r * 2 + 1];
+        if (direct) {  // same values store_offsets would have written for a contiguous cache
+          const int j = lo + tile * kBlockN + r;
+          const int t = sq.leftpad + j;
+          ko[u] = j < key_hi ? k_row0 + t * a.k_rs : -1;
+          vo[u] = j < key_hi ? v_row0 + t * a.v_rs : -1;
+        } else {
+          ko[u] = off[r * 2];
+          vo[u] = off[r * 2 + 1];
+        }
       }
 #pragma unroll
       for (int u = 0; u < kGroup; ++u) {
@@ -205,8 +227,11 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
         const bool ok = ko[u] >= 0;
         if (c == 0) sOk[stage * kBlockN + r] = ok;
         const bool ld = ok && c * 8 < a.head_dim;  // dims past head_dim: zeros (bucket padding)
-        cp_async_16(sK + r * Cfg::kRow + c * 8, ld ? k_base + ko[u] + c * 8 : k_base, ld);
-        cp_async_16(sV + r * Cfg::kRow + c * 8, ld ? v_base + vo[u] + c * 8 : v_base, ld);
+        // (padded rows keep the pre-lean expression: same code as the measured default kernel)
+        Elem* dk = Cfg::kSwizzle ? sK + Cfg::kv_at(r, c) : sK + r * Cfg::kRow + c * 8;
+        Elem* dv = Cfg::kSwizzle ? sV + Cfg::kv_at(r, c) : sV + r * Cfg::kRow + c * 8;
+        cp_async_16(dk, ld ? k_base + ko[u] + c * 8 : k_base, ld);
+        cp_async_16(dv, ld ? v_base + vo[u] + c * 8 : v_base, ld);
       }
     }
   };
@@ -221,12 +246,12 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
 
   // Two pipeline schedules (CTA-uniform choice, see the loop): `deep` for long key ranges, the
   // classic one for short ones. Start streaming K/V before touching q.
-  const bool deep = n_my > kDeepPipelineMinTiles;
+  const bool deep = n_my > a.deep_min_tiles;
   const int prologue_tiles = deep ? Cfg::kStages : Cfg::kStages - 1;
 #pragma unroll
   for (int s = 0; s < Cfg::kStages; ++s) {
     if (s < prologue_tiles) {
-      if (s < n_my) issue_tile(s);
+      if (s < n_my) issue_tile(s, t_begin + s);
       cp_async_commit();
     }
   }
@@ -241,7 +266,7 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
       const int i = p / a.group, h = hk * a.group + p % a.group;
       val = *reinterpret_cast<const uint4*>(q_base + i * a.q_rs + h * a.q_hs + c * 8);
     }
-    *reinterpret_cast<uint4*>(sQ + r * Cfg::kRow + c * 8) = val;
+    *reinterpret_cast<uint4*>(sQ + r * Cfg::kQRow + c * 8) = val;
   }
   if (a.rot_cos != nullptr) {
     __syncthreads();
@@ -259,6 +284,13 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
     slope[rr] = a.alibi ? a.alibi[b * a.alibi_bs + h] : 0.f;
   }
 
+  // Interior key range (FLASH_KVCACHE_FASTMASK): keys every row of this tile sees -- first_key and
+  // end_key are nondecreasing in the row, so [first_key(last row), end_key(first row)) -- and that
+  // this CTA loaded (< key_hi; contiguous caches load every such key).
+  const bool plain_tiles = a.fast_interior && !(a.softcap > 0.f) && a.alibi == nullptr;
+  const int interior_lo = mask.first_key((p_end - 1) / a.group);
+  const int interior_hi = min(mask.end_key(p0 / a.group), key_hi);
+
   float o[D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
@@ -275,12 +307,14 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
   //   Better for short CTAs (split decode at batch 1: 4 tiles): there the deep schedule's last
   //   tile is issued only after tile 0 is computed, and the whole grid's last tiles then go out
   //   in one late burst (H100 (1, 8192): 25.2 -> 26.7 us with deep everywhere).
+  // The host picks the threshold (a.deep_min_tiles): 8 for the padded layout, never for the lean
+  // 2-stage one (classic was 1-3.5 % faster there on the H100, session 5).
   for (int n = 0; n < n_my; ++n) {
     if (deep) {
       if (n > 0) {
         __syncthreads();  // every warp is done with tile n-1: its stage is free; offsets visible
         const int nn = n + Cfg::kStages - 1;
-        if (nn < n_my) issue_tile(nn % Cfg::kStages);
+        if (nn < n_my) issue_tile(nn % Cfg::kStages, t_begin + nn);
         cp_async_commit();
       }
       cp_async_wait<Cfg::kStages - 1>();  // this thread's copies of tile n have landed
@@ -289,7 +323,7 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
       cp_async_wait<Cfg::kStages - 2>();
       __syncthreads();  // tile n landed for everyone; tile n-1's stage is free
       const int nn = n + Cfg::kStages - 1;
-      if (nn < n_my) issue_tile(nn % Cfg::kStages);
+      if (nn < n_my) issue_tile(nn % Cfg::kStages, t_begin + nn);
       cp_async_commit();
     }
     const int stage = n % Cfg::kStages;
@@ -304,8 +338,13 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
 #pragma unroll
     for (int k0 = 0; k0 < D; k0 += 16) {
       uint32_t qa[4], kb[4];
-      ldmatrix_x4(qa, sQ + ((mi & 1) * 8 + mr) * Cfg::kRow + k0 + (mi >> 1) * 8);
-      ldmatrix_x4(kb, sK + (key0 + (mi >> 1) * 8 + mr) * Cfg::kRow + k0 + (mi & 1) * 8);
+      ldmatrix_x4(qa, sQ + ((mi & 1) * 8 + mr) * Cfg::kQRow + k0 + (mi >> 1) * 8);
+      // (padded rows: the plain expression; routing it through kv_at costs d64 49 registers)
+      if constexpr (Cfg::kSwizzle) {
+        ldmatrix_x4(kb, sK + Cfg::kv_at(key0 + (mi >> 1) * 8 + mr, k0 / 8 + (mi & 1)));
+      } else {
+        ldmatrix_x4(kb, sK + (key0 + (mi >> 1) * 8 + mr) * Cfg::kRow + k0 + (mi & 1) * 8);
+      }
       T::mma(s[0], qa, kb[0], kb[1]);
       T::mma(s[1], qa, kb[2], kb[3]);
     }
@@ -313,19 +352,35 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
     // Score modifiers and visibility, then the online-softmax update.
     const int j_tile = lo + (t_begin + n) * kBlockN;
     float bmax[2] = {-INFINITY, -INFINITY};
+    if (plain_tiles && j_tile >= interior_lo && j_tile + kBlockN <= interior_hi) {
+      // Interior tile (CTA-uniform branch): every key visible to every row, no modifier; only a
+      // paged cache can still have unloadable keys (bad pages). Same values as the general path.
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
+      for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int rr = e >> 1;
-        const int kl = key0 + nt * 8 + 2 * t4 + (e & 1);
-        const int j = j_tile + kl;
-        float x = s[nt][e] * a.scale;
-        if (a.softcap > 0.f) x = a.softcap * tanhf(x / a.softcap);
-        if (a.alibi) x += alibi_bias(slope[rr], mask, row_i[rr], j);
-        x = (ok[kl] && mask.visible(row_i[rr], j)) ? x : -INFINITY;
-        s[nt][e] = x;
-        bmax[rr] = fmaxf(bmax[rr], x);
+        for (int e = 0; e < 4; ++e) {
+          const int kl = key0 + nt * 8 + 2 * t4 + (e & 1);
+          float x = s[nt][e] * a.scale;
+          if (paged && !ok[kl]) x = -INFINITY;
+          s[nt][e] = x;
+          bmax[e >> 1] = fmaxf(bmax[e >> 1], x);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int rr = e >> 1;
+          const int kl = key0 + nt * 8 + 2 * t4 + (e & 1);
+          const int j = j_tile + kl;
+          float x = s[nt][e] * a.scale;
+          if (a.softcap > 0.f) x = a.softcap * tanhf(x / a.softcap);
+          if (a.alibi) x += alibi_bias(slope[rr], mask, row_i[rr], j);
+          x = (ok[kl] && mask.visible(row_i[rr], j)) ? x : -INFINITY;
+          s[nt][e] = x;
+          bmax[rr] = fmaxf(bmax[rr], x);
+        }
       }
     }
 #pragma unroll
@@ -362,7 +417,11 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
 #pragma unroll
     for (int n0 = 0; n0 < D; n0 += 16) {
       uint32_t vb[4];
-      ldmatrix_x4_trans(vb, sV + (key0 + (mi & 1) * 8 + mr) * Cfg::kRow + n0 + (mi >> 1) * 8);
+      if constexpr (Cfg::kSwizzle) {
+        ldmatrix_x4_trans(vb, sV + Cfg::kv_at(key0 + (mi & 1) * 8 + mr, n0 / 8 + (mi >> 1)));
+      } else {
+        ldmatrix_x4_trans(vb, sV + (key0 + (mi & 1) * 8 + mr) * Cfg::kRow + n0 + (mi >> 1) * 8);
+      }
       T::mma(o[n0 / 8], pa, vb[0], vb[1]);
       T::mma(o[n0 / 8 + 1], pa, vb[2], vb[3]);
     }
@@ -463,28 +522,37 @@ __global__ void __launch_bounds__(kThreads) kvcache_attn_kernel(const AttnArgs a
   }
 }
 
-template <ElemTag E, int D>
-void launch_attention(const AttnArgs& a, void* stream) {
-  using Elem = std::conditional_t<E == ElemTag::kHalf, __half, __nv_bfloat16>;
-  auto kernel = kvcache_attn_kernel<Elem, D>;
-  constexpr int smem = AttnCfg<D>::kSmemBytes;
-  // The smem opt-in is per device; remember where it was done (bit per device ordinal < 64) so the
+template <typename Elem, int D, bool kLean>
+void launch_attention_layout(const AttnArgs& a, void* stream) {
+  auto kernel = kvcache_attn_kernel<Elem, D, kLean>;
+  // a.smem_bytes > the layout's need: padding that caps the CTAs per SM (kvcache_api.cu).
+  const int smem = a.smem_bytes > AttnCfg<D, kLean>::kSmemBytes ? a.smem_bytes
+                                                                 : AttnCfg<D, kLean>::kSmemBytes;
+  // The smem opt-in is per device; remember how far it was raised (per device ordinal < 64) so the
   // decode hot path makes no driver call. Not a stream operation: legal during graph capture.
-  static std::atomic<uint64_t> opted_in{0};
+  static std::atomic<int> opted_bytes[64] = {};
   int device = 0;
   cudaGetDevice(&device);
-  const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
-  if (bit == 0 || (opted_in.load(std::memory_order_relaxed) & bit) == 0) {
+  if (device >= 64 || opted_bytes[device].load(std::memory_order_relaxed) < smem) {
     const cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) {
       throw DeviceError(std::string("kvcache attention: cudaFuncSetAttribute: ") +
                         cudaGetErrorString(err));
     }
-    opted_in.fetch_or(bit, std::memory_order_relaxed);
+    if (device < 64) opted_bytes[device].store(smem, std::memory_order_relaxed);
   }
   const dim3 grid(a.m_tiles * a.splits, a.nheads_k, a.batch);
   kernel<<<grid, kThreads, smem, static_cast<cudaStream_t>(stream)>>>(a);
+}
+
+template <ElemTag E, int D>
+void launch_attention(const AttnArgs& a, void* stream) {
+  using Elem = std::conditional_t<E == ElemTag::kHalf, __half, __nv_bfloat16>;
+  if constexpr (lean_supported(D)) {
+    if (a.lean) return launch_attention_layout<Elem, D, true>(a, stream);
+  }
+  launch_attention_layout<Elem, D, false>(a, stream);
 }
 
 }  // namespace flash::kvcache_cuda

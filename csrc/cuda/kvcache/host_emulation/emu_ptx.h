@@ -37,7 +37,7 @@ inline float __fsub_rn(float a, float b) { volatile float r = a - b; return r; }
 #define __global__
 #define __device__
 #define __forceinline__
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 namespace flash::kvcache_cuda {
 template <typename T> struct ElemTraits;
 template <typename E> inline float h2f(uint16_t u) { E e; std::memcpy(&e, &u, 2); if constexpr (std::is_same_v<E, __half>) return __half2float(e); else return __bfloat162float(e); }

@@ -6,6 +6,7 @@
 #include "common/numeric.h"
 #include "cuda/kvcache/kvcache.h"
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <random>
 #include <thread>
@@ -52,8 +53,15 @@ unsigned* split_tickets(int64_t count, void*) {
 template <ElemTag E, int D>
 void launch_attention(const AttnArgs& a, void*) {
   using Elem = std::conditional_t<E == ElemTag::kHalf, __half, __nv_bfloat16>;
+  if constexpr (lean_supported(D)) {
+    if (a.lean) {
+      run_grid(a.m_tiles * a.splits, a.nheads_k, a.batch, kThreads, AttnCfg<D, true>::kSmemBytes,
+               [&] { kvcache_attn_kernel<Elem, D, true>(a); });
+      return;
+    }
+  }
   run_grid(a.m_tiles * a.splits, a.nheads_k, a.batch, kThreads, AttnCfg<D>::kSmemBytes,
-           [&] { kvcache_attn_kernel<Elem, D>(a); });
+           [&] { kvcache_attn_kernel<Elem, D, false>(a); });
 }
 #define INST(D) template void launch_attention<ElemTag::kHalf, D>(const AttnArgs&, void*); \
                 template void launch_attention<ElemTag::kBf16, D>(const AttnArgs&, void*);
@@ -195,8 +203,9 @@ static bool run_case(const Case& c) {
   int n_inf = 0; for (float l : lse_cpu) n_inf += std::isinf(l);
   const double tol = c.dt == DType::kFloat16 ? 4e-3 : 2e-2;
   if (max_out > tol || max_lse > 2e-3 || inf_mismatch || n_nan) ok = false;
-  printf("%-32s %s %s ws=%zu max|dout|=%.2e nan=%d max|dlse|=%.2e inf_rows=%d inf_mismatch=%d\n", c.name,
-         g_use_tickets ? "fused" : "2-krn", ok ? "OK  " : "FAIL", ws, max_out, n_nan,
+  const char* lean = std::getenv("FLASH_KVCACHE_LEAN");
+  printf("%-32s %s%s %s ws=%zu max|dout|=%.2e nan=%d max|dlse|=%.2e inf_rows=%d inf_mismatch=%d\n", c.name,
+         g_use_tickets ? "fused" : "2-krn", lean && lean[0] == '1' ? "+lean" : "", ok ? "OK  " : "FAIL", ws, max_out, n_nan,
          max_lse, n_inf, inf_mismatch);
   return ok;
 }
@@ -230,11 +239,25 @@ int main() {
     {"contig_ragged_split16_rot", H, 4, 1, 8, 2, 128, 2000, 1, false, 0, true, -1, -1, 0, false, false, false, 64, true, 16, false},
     {"contig_noncausal_sq3_split5", B, 3, 3, 4, 1, 64, 700, 3, false, 0, false, -1, -1, 0, true, false, false, 0, false, 5, false},
     {"contig_wr2_long_nosplit", H, 3, 2, 4, 2, 128, 1300, 0, false, 0, false, -1, 2, 0, false, false, false, 0, false, 1, false},
+    // Row ranges that end / start on a 64-key tile boundary (sequence 0 is full): a tile every
+    // row of the CTA sees must be told apart from one only the last (causal) or first (local)
+    // rows see -- FLASH_KVCACHE_FASTMASK's interior test.
+    {"causal_sq4_tile_aligned", B, 2, 4, 8, 2, 128, 256, 0, false, 0, true, -1, -1, 0, false, false, false, 0, false, 1, false},
+    {"local_sq4_tile_aligned_split2", H, 2, 4, 8, 2, 128, 320, 0, false, 0, false, 70, 0, 0, false, false, false, 0, false, 2, false},
+    {"paged_causal_sq3_aligned_bad", B, 2, 3, 4, 1, 128, 384, 0, true, 64, true, -1, -1, 0, false, false, false, 0, false, 1, true},
   };
   int fails = 0;
-  for (bool fused : {true, false}) {
-    g_use_tickets = fused;
-    for (const Case& c : cases) fails += !run_case(c);
+  // Default layout (fused merge and two-kernel fallback), then the lean d128 layout
+  // (FLASH_KVCACHE_LEAN=1, only d97..d128 cases differ) with both merges.
+  for (bool lean : {false, true}) {
+    setenv("FLASH_KVCACHE_LEAN", lean ? "1" : "0", 1);
+    for (bool fused : {true, false}) {
+      g_use_tickets = fused;
+      for (const Case& c : cases) {
+        if (lean && (c.d <= 96 || c.d > 128)) continue;
+        fails += !run_case(c);
+      }
+    }
   }
   printf("%d failures\n", fails);
   return fails != 0;

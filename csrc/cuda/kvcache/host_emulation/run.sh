@@ -15,7 +15,7 @@ k = root + "/csrc/cuda/kvcache/"
 s = open(k + "kvcache_attn_kernel.cuh").read()
 s = s.replace('#include "cuda/kvcache/kvcache_ptx.cuh"', '#include "emu_ptx.h"')
 s = s.replace('extern __shared__ __align__(128) unsigned char smem[];', 'unsigned char* smem = g_smem;')
-s = s[:s.index('template <ElemTag E, int D>\nvoid launch_attention')] + '}  // namespace flash::kvcache_cuda\n'
+s = s[:s.index('template <typename Elem, int D, bool kLean>\nvoid launch_attention_layout')] + '}  // namespace flash::kvcache_cuda\n'
 open(out + "/attn_emu.h", "w").write(s)
 s = open(k + "kvcache_aux_kernels.cu").read()
 s = s.replace('#include "cuda/kvcache/kvcache_ptx.cuh"', '#include "emu_ptx.h"')
