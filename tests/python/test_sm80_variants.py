@@ -17,13 +17,15 @@ pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
     reason="needs an sm80+ GPU")
 
-# (env name, values to compare with the default). FWD_VARIANT flag sets compiled: d64 / d128 0 and 4
-# (early barrier, the default), d256 5 (pipelined S + early barrier) and 19 (P V split by head dim + split
-# mask loop, the default); unlisted sets run the default, which is fine here. BWD: DO2=0 is the
-# single-dO-buffer kernel (the default before pass 4); BWD_VARIANT 0 / 2 / 7 (defaults d64 0, d128 2,
-# d256 7).
-FWD_VARIANTS = [("FLASH_SM80_FWD_VARIANT", v) for v in ("0", "4", "5", "19")]
-BWD_VARIANTS = [("FLASH_SM80_BWD_DO2", "0")] + [("FLASH_SM80_BWD_VARIANT", v) for v in ("0", "2", "7")]
+# (env name, values to compare with the default). FWD_VARIANT flag sets compiled: d64 0 and 4 (early barrier,
+# the default); d128 0, 4 and 44 (4 + K through the loader's fast path + S loop unrolled by 4, the default since
+# pass 5); d256 5, 19 (P V split by head dim + split mask loop) and 83 (19 with the swizzled tiles, the default
+# since pass 5); unlisted sets run the default, which is fine here. BWD: DO2=0 is the single-dO-buffer kernel
+# (the default before pass 4); BWD_VARIANT 0 / 2 / 7 (defaults d64 0, d128 2, d256 7). BWD_DOT=0: the
+# one-warp-per-(row, head) D = rowsum(dO * O) kernel (the vectorised one is the default since pass 5).
+FWD_VARIANTS = [("FLASH_SM80_FWD_VARIANT", v) for v in ("0", "4", "5", "19", "44", "83")]
+BWD_VARIANTS = ([("FLASH_SM80_BWD_DO2", "0"), ("FLASH_SM80_BWD_DOT", "0")] +
+                [("FLASH_SM80_BWD_VARIANT", v) for v in ("0", "2", "7")])
 
 # Tails (not multiples of the tiles), sq != sk (bottom-right causal), several key / query blocks.
 SEQLENS = [(1, 1), (113, 203), (128, 128), (217, 128), (512, 640), (1000, 1100)]

@@ -61,6 +61,56 @@ __global__ void __launch_bounds__(kAuxThreads) bwd_dot_do_o_kernel(BwdParams p, 
   }
 }
 
+// Same D as bwd_dot_do_o_kernel (bitwise: the lanes past kChunks only added zeros there), for head_dim
+// = 8 kChunks with kChunks | 32: kChunks threads per (row, head), one 16-byte chunk each, and kUnroll
+// items per thread loaded before any is reduced, so a warp keeps kUnroll x 1 KB in flight instead of one
+// 512-byte item (the old kernel: half the lanes idle at d = 128, one dependent round trip per item).
+template <typename Element, int kChunks>
+__global__ void __launch_bounds__(kAuxThreads) bwd_dot_do_o_vec_kernel(BwdParams p, BwdWorkspace ws) {
+  static_assert(32 % kChunks == 0, "an item's lanes stay inside one warp");
+  constexpr int kItemsPerPass = kAuxThreads / kChunks;
+  constexpr int kUnroll = 4;
+  const int b = blockIdx.y;
+  const SeqInfo si(p, b);
+  const int c = (threadIdx.x % kChunks) * 8;
+  const int items = kAuxRows * p.nheads;
+  const auto* dout = static_cast<const Element*>(p.dout);
+  const auto* out = static_cast<const Element*>(p.out);
+  // The trip count is uniform over the CTA (the shuffles need every lane of a warp).
+  for (int pass = 0; pass * kItemsPerPass * kUnroll < items; ++pass) {
+    const int base = pass * kItemsPerPass * kUnroll + static_cast<int>(threadIdx.x) / kChunks;
+    uint4 vdo[kUnroll], vo[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int it = base + u * kItemsPerPass;
+      const int i = blockIdx.x * kAuxRows + it / p.nheads;
+      const int h = it % p.nheads;
+      vdo[u] = vo[u] = make_uint4(0u, 0u, 0u, 0u);
+      if (it < items && i < si.sq) {
+        vdo[u] = *reinterpret_cast<const uint4*>(
+            dout + si.q_offset(p, p.dout_batch_stride, p.dout_row_stride, b, i) + h * p.dout_head_stride + c);
+        vo[u] = *reinterpret_cast<const uint4*>(
+            out + si.q_offset(p, p.out_batch_stride, p.out_row_stride, b, i) + h * p.out_head_stride + c);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int it = base + u * kItemsPerPass;
+      const int i = blockIdx.x * kAuxRows + it / p.nheads;
+      const int h = it % p.nheads;
+      const Element* edo = reinterpret_cast<const Element*>(&vdo[u]);
+      const Element* eo = reinterpret_cast<const Element*>(&vo[u]);
+      float acc = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc += to_float(edo[e]) * to_float(eo[e]);
+      // The old kernel's tree from s = kChunks / 2 down (its larger offsets only added zeros).
+#pragma unroll
+      for (int s = kChunks / 2; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+      if (c == 0 && it < items && i < si.sq) ws.d[h * ws.rows_q + si.q_row0 + i] = acc;
+    }
+  }
+}
+
 // dq = scale * sum over slices of dq_accum, 8 channels per thread.
 template <typename Element>
 __global__ void __launch_bounds__(kAuxThreads) bwd_convert_dq_kernel(BwdParams p, BwdWorkspace ws) {

@@ -22,7 +22,8 @@
 
 namespace flash::sm80 {
 
-constexpr int kVarPipelinedS = 1, kVarSplitMask = 2, kVarEarlyBarrier = 4, kVarSplitPV = 16;
+constexpr int kVarPipelinedS = 1, kVarSplitMask = 2, kVarEarlyBarrier = 4, kVarKFast = 8, kVarSplitPV = 16,
+              kVarSUnroll4 = 32, kVarSwizzle = 64;
 
 // kFull: false = the lean kernel (no dropout, softcap, ALiBi, paged KV or S_dmask: the launcher
 // only picks it when all are off), whose register allocation is not burdened by those paths.
@@ -30,13 +31,19 @@ constexpr int kVarPipelinedS = 1, kVarSplitMask = 2, kVarEarlyBarrier = 4, kVarS
 //   kVarPipelinedS: S = Q K^T with the register-double-buffered k loop (gemm_abt_smem kPipelined);
 //     d >= 160 only (at d = 128 the double buffer spills);
 //   kVarEarlyBarrier: main-loop order, see fwd_kernel.cuh (fwd_key_block);
+//   kVarKFast: d = 128 issues K(n-1) through the whole-tile fast path of the loader too (experiment,
+//     pass 5: it spilled before the early-barrier order moved the K issue ahead of the softmax);
+//   kVarSUnroll4: the (non-pipelined) S = Q K^T k loop unrolled by 4 instead of 2 (experiment, pass 5);
+//   kVarSwizzle: Q / K / V in unpadded XOR-swizzled tiles (SmemTileSwz; d % 64 == 0; pass 5): each
+//     cp.async warp instruction then stays 4 L2 requests (the padded rows split it into ~10);
 //   kVarSplitPV (with kVarSplitMask): O += P V split by head dim across the warps, P through shared
 //     memory, and a main loop split into masked / mask-free key blocks (fwd_splitpv.cuh; d = 256).
 template <typename Element, int kHeadDim, bool kFull_, int kVariant = 0>
 struct FwdBlock {
   static constexpr bool kFull = kFull_;
   static constexpr int kVariantFlags = kVariant;
-  using Cfg = FwdTileConfig<kHeadDim, !kFull>;
+  static constexpr bool kSwz = !kFull && (kVariant & kVarSwizzle) != 0;
+  using Cfg = FwdTileConfig<kHeadDim, !kFull, kSwz>;
   using ElementT = Element;
   using QTile = typename Cfg::QTile;
   using KVTile = typename Cfg::KVTile;
@@ -158,7 +165,7 @@ struct FwdBlock {
     if (!paged()) {
       // K(n-1) is issued while P (packed) is live: at d = 128 the second code path of the whole-tile
       // fast path made ptxas spill 6 registers per key block, so d = 128 keeps one path there.
-      load_kv_dense_async<kHeadDim != 128>(sK(), p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, n);
+      load_kv_dense_async<kHeadDim != 128 || (kVariant & kVarKFast) != 0>(sK(), p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, n);
       return;
     }
     const KvRows<Element> rows = kv_rows(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, n);
@@ -184,8 +191,8 @@ struct FwdBlock {
   __device__ __forceinline__ void scores(float (&s)[MT][NT][4], int n, bool force_mask) const {
     const FwdParams& p = args.p;
     zero_acc(s);
-    gemm_abt_smem<MT, NT, kHeadDim, QTile, KVTile, ((kVariant & 1) != 0)>(s, sQ(), warp() * Cfg::kWarpRows, sK(),
-                                                                            0, lane());
+    gemm_abt_smem<MT, NT, kHeadDim, QTile, KVTile, ((kVariant & kVarPipelinedS) != 0),
+                  ((kVariant & kVarSUnroll4) != 0 ? 4 : 0)>(s, sQ(), warp() * Cfg::kWarpRows, sK(), 0, lane());
     const int n0 = n * kBlockN;
     const MaskRule r = rule();
     if (has_mods()) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "flash/params.h"
 #include "cuda/sm80/common/sm80_smem_tile.cuh"
@@ -15,7 +16,9 @@ namespace flash::sm80 {
 // kLean: the tile of the lean kernel (see FwdBlock::kFull). d = 64 takes kBlockN 128 there
 // (FA2's 128 x 128: half the barriers and pipeline steps per key); the full kernel keeps 64
 // because its dropout decisions of one thread must fit a 64-bit mask (MT * NT * 4 <= 64).
-template <int kHeadDim_, bool kLean = false>
+// kSwz: Q / K / V in SmemTileSwz (unpadded, XOR-swizzled; head dims that are multiples of 64, lean
+// kernels only, since the full kernel keeps its per-key page flags in K's padding column).
+template <int kHeadDim_, bool kLean = false, bool kSwz = false>
 struct FwdTileConfig {
   static constexpr int kHeadDim = kHeadDim_;
   // d <= 128: 128 x 64 (lean d = 64: 128 x 128; lean d = 32 spilled 32 B with it); d >= 160: 64 x 64.
@@ -27,8 +30,9 @@ struct FwdTileConfig {
   static constexpr int kMT = kWarpRows / 16;      // m-tiles per warp
   static constexpr int kNT = kBlockN / 8;         // n-tiles of S
   static constexpr int kDT = kHeadDim / 8;        // n-tiles of O
-  using QTile = SmemTile<kBlockM, kHeadDim>;
-  using KVTile = SmemTile<kBlockN, kHeadDim>;
+  static_assert(!kSwz || (kLean && kHeadDim % 64 == 0), "swizzled tiles: lean kernels, d % 64 == 0");
+  using QTile = std::conditional_t<kSwz, SmemTileSwz<kBlockM, kHeadDim>, SmemTile<kBlockM, kHeadDim>>;
+  using KVTile = std::conditional_t<kSwz, SmemTileSwz<kBlockN, kHeadDim>, SmemTile<kBlockN, kHeadDim>>;
   // Shared memory: Q (reused to stage O), one K and one V buffer (the per-key page flags sit in
   // K's padding column). K of the next block streams in while P V runs; V while Q K^T runs.
   // d = 256: exactly 99 KB, the per-block limit of sm86/sm89 too.

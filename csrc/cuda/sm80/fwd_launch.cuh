@@ -21,7 +21,7 @@ constexpr int fwd_smem_bytes() {
 
 template <typename Element, int kHeadDim, bool kFull, int kVariant = 0>
 void launch_fwd_kernel(const FwdKernelArgs& args, cudaStream_t stream) {
-  using Cfg = FwdTileConfig<kHeadDim, !kFull>;
+  using Cfg = typename FwdBlock<Element, kHeadDim, kFull, kVariant>::Cfg;
   const FwdParams& params = args.p;
   const int num_m_blocks = (params.seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
   auto kernel = &fwd_kernel<Element, kHeadDim, kFull, kVariant>;
@@ -40,7 +40,8 @@ void launch_fwd_kernel(const FwdKernelArgs& args, cudaStream_t stream) {
 }
 
 // Lean kernel variant = bit flags (fwd_block.cuh): kVarPipelinedS (1), kVarSplitMask (2),
-// kVarEarlyBarrier (4), kVarSplitPV (16). Measured on the H100 (bf16, 16K tokens, 2K / 8K, non-causal
+// kVarEarlyBarrier (4), kVarKFast (8), kVarSplitPV (16), kVarSUnroll4 (32), kVarSwizzle (64) (pass 5: see
+// launch_fwd and README.md). Measured on the H100 (bf16, 16K tokens, 2K / 8K, non-causal
 // then causal; in-process A/B, medians of 3; README.md "Performance pass 4"):
 // - kVarPipelinedS at d256 (pass 3: ncu 4.95 -> 4.75 ms; bench 2K / 8K +0 / +4 %, causal +2 / +1 %).
 // - kVarEarlyBarrier: d64 +5.0 / +3.4 / +4.9 / +4.4 % (round 2: +4.7 / +4.2 / +5.5 / +4.9 %), d128
@@ -49,7 +50,7 @@ void launch_fwd_kernel(const FwdKernelArgs& args, cudaStream_t stream) {
 // - kVarSplitPV + kVarSplitMask at d256 (19) vs 1 | 4: bf16 +9.6 / +6.3 / +2.3 / +7.8 %, fp16 +7.2 / +8.5 /
 //   +2.0 / +7.8 %; without the split mask loop (17) only -2..+2 %.
 // - FA2's 128 x 64 tile with 8 warps and the pipelined loop (pass 3): 8-9 % slower (removed).
-// Defaults: d256 19 (1 | 4 where the device lacks the ~110 KB of smem), d64 / d128 4, d 160..224 0
+// Defaults: d256 83 (pass 5; 1 | 4 where the device lacks the ~110 KB of smem), d64 4, d128 44 (pass 5), d 160..224 0
 // (pipelined S / early barrier not measured there). FLASH_SM80_FWD_VARIANT=<flags> overrides the
 // default, read on every call (cheap next to a launch) so that one process can interleave A/B runs;
 // the sets compiled per head dim are listed in launch_fwd, an unlisted set runs the default.
@@ -61,8 +62,11 @@ template <int kHeadDim>
 inline int fwd_tile_variant() {
   const int v = fwd_variant_env();
   if (v >= 0) return v;
-  if (kHeadDim == 256) return kVarPipelinedS | kVarSplitMask | kVarSplitPV;
-  return kHeadDim == 64 || kHeadDim == 128 ? kVarEarlyBarrier : 0;
+  // d256: 83 = 19 | kVarSwizzle since pass 5 (round 2: +10.0 / +11.5 / +13.4 / +11.2 % over 19).
+  if (kHeadDim == 256) return kVarPipelinedS | kVarSplitMask | kVarSplitPV | kVarSwizzle;
+  // d128: 44 since pass 5 (round 1: +1.9 / +2.8 / +1.9 / +2.0 % over 4, see launch_fwd).
+  if (kHeadDim == 128) return kVarEarlyBarrier | kVarKFast | kVarSUnroll4;
+  return kHeadDim == 64 ? kVarEarlyBarrier : 0;
 }
 
 // FLASH_SM80_FWD_LAZY=0 turns the lean kernels' lazy softmax rescaling off (read on every call).
@@ -104,7 +108,7 @@ void launch_fwd(const FwdParams& params, cudaStream_t stream) {
     return;
   }
   int v = fwd_tile_variant<kHeadDim>();
-  constexpr int S = kVarSplitMask, E = kVarEarlyBarrier, P = kVarSplitPV;
+  constexpr int S = kVarSplitMask, E = kVarEarlyBarrier, P = kVarSplitPV, W = kVarSwizzle;
   if constexpr (kHeadDim == 256) {
     // kVarSplitPV needs ~110 KB of shared memory (sm86 / sm89: 99 KB): 1 | E runs there instead.
     int optin = 0;
@@ -112,9 +116,18 @@ void launch_fwd(const FwdParams& params, cudaStream_t stream) {
         (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, params.device_index) != cudaSuccess ||
          optin < SplitPvSmem<FwdTileConfig<kHeadDim, true>>::kBytes))
       v = 1 | E;
-    launch_lean_variant<Element, kHeadDim, 1 | S | P, 1 | E>(v, args, stream);
-  } else if constexpr (kHeadDim == 64 || kHeadDim == 128) {
+    // Pass 5 round 2 (bf16, 2K / 8K / causal 2K / 8K): 83 = 19 | W vs 19 +10.0 / +11.5 / +13.4 / +11.2 %
+    // (x1.01 / 1.05 / 1.00 / 1.06 of torch FA2); ncu: L2 requests 355 M -> 132 M, 4.31 -> 4.01 ms.
+    launch_lean_variant<Element, kHeadDim, 1 | S | P | W, 1 | S | P, 1 | E>(v, args, stream);
+  } else if constexpr (kHeadDim == 128) {
     // (kVarSplitMask spilled 8-84 B here: the per-block mask test was a real branch already.)
+    // Pass 5 round 1 (bf16, 2K / 8K / causal 2K / 8K vs 4): 12 = 4 | kVarKFast +0.7 / +0.1 / +0.1 / +0.8 %,
+    // 36 = 4 | kVarSUnroll4 +0.5 / -1.8 / +0.9 / +1.1 %, 44 = both +1.9 / +2.8 / +1.9 / +2.0 % (only 44 kept).
+    // (1 | E, pipelined S, spilled 416 B.) Swizzled tiles here (round 2, vs 44): 76 = 4 | kVarKFast | W
+    // +0.0 / -1.2 / -0.2 / -0.1 %, 68 = 4 | W -0.7 / +3.4 / -1.4 / -1.3 %: not kept (not compiled).
+    launch_lean_variant<Element, kHeadDim, E | kVarKFast | kVarSUnroll4, E, 0>(v, args, stream);
+  } else if constexpr (kHeadDim == 64) {
+    // (68 = 4 | kVarSwizzle measured 19-22 % SLOWER in round 2, cause not found: not compiled.)
     launch_lean_variant<Element, kHeadDim, E, 0>(v, args, stream);
   } else if constexpr (kHeadDim >= 160) {
     launch_lean_variant<Element, kHeadDim, 0, 1>(v, args, stream);

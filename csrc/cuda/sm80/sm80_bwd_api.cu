@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "common/philox.h"
@@ -142,7 +143,22 @@ void run_bwd_typed(const BwdParams& p, cudaStream_t stream) {
   const dim3 block(bwd::kAuxThreads);
   if (p.seqlen_q > 0) {
     const dim3 grid((p.seqlen_q + bwd::kAuxRows - 1) / bwd::kAuxRows, p.batch);
-    bwd::bwd_dot_do_o_kernel<Element><<<grid, block, 0, stream>>>(p, ws);
+    // bwd_dot_do_o_vec_kernel by default since pass 5 (H100 round 2, bf16, whole backward, 2K / 8K: d64
+    // +2.3 / +1.5 %, d128 +0.5 / +0.3 %; bitwise the same D). FLASH_SM80_BWD_DOT=0 runs the one-warp-per-item
+    // kernel (A/B switch, read per call).
+    const char* dot_env = std::getenv("FLASH_SM80_BWD_DOT");
+    const bool vec = dot_env == nullptr || *dot_env == '\0' || std::atoi(dot_env) != 0;
+    if (vec && p.head_dim == 128) {
+      bwd::bwd_dot_do_o_vec_kernel<Element, 16><<<grid, block, 0, stream>>>(p, ws);
+    } else if (vec && p.head_dim == 64) {
+      bwd::bwd_dot_do_o_vec_kernel<Element, 8><<<grid, block, 0, stream>>>(p, ws);
+    } else if (vec && p.head_dim == 256) {
+      bwd::bwd_dot_do_o_vec_kernel<Element, 32><<<grid, block, 0, stream>>>(p, ws);
+    } else if (vec && p.head_dim == 32) {
+      bwd::bwd_dot_do_o_vec_kernel<Element, 4><<<grid, block, 0, stream>>>(p, ws);
+    } else {
+      bwd::bwd_dot_do_o_kernel<Element><<<grid, block, 0, stream>>>(p, ws);
+    }
     check(cudaGetLastError(), "dot(dO, O) kernel");
   }
   if (p.seqlen_k > 0) launch_main_for_bucket<Element>(bucket, p, ws, ex, stream);

@@ -58,7 +58,9 @@ __device__ __forceinline__ void zero_acc(float (&acc)[MT][NT][4]) {
 // kPipelined: the fragments of k-step kk + 1 are loaded (second register buffer) before the MMAs
 // of k-step kk, so no k-step waits for its own ldmatrix latency (FA2's register double buffer).
 // Costs 4 (MT + NT / 2) registers more; meant for MT = 1 (d >= 160 tiles).
-template <int MT, int NT, int kDepth, typename TileA, typename TileB, bool kPipelined = false, typename Element>
+// kUnrollReq > 0 overrides the k-loop unroll rule of the non-pipelined loop (experiments).
+template <int MT, int NT, int kDepth, typename TileA, typename TileB, bool kPipelined = false, int kUnrollReq = 0,
+          typename Element>
 __device__ __forceinline__ void gemm_abt_smem(float (&acc)[MT][NT][4], const Element* sA, int a_row0,
                                               const Element* sB, int b_row0, int lane) {
   static_assert(NT % 2 == 0, "B is fetched as pairs of n-tiles");
@@ -70,6 +72,84 @@ __device__ __forceinline__ void gemm_abt_smem(float (&acc)[MT][NT][4], const Ele
   //           = b0, b1 of n-tile 2p, then b0, b1 of n-tile 2p + 1.
   const int b_row = b_row0 + (lane & 7) + (lane >> 4) * 8;
   const int b_col = ((lane >> 3) & 1) * 8;
+  if constexpr (TileA::kSwizzled) {
+    // Swizzled tiles (SmemTileSwz): a_row0, b_row0 multiples of 8, so every row this lane addresses has
+    // (row & 7) == (lane & 7); k-step kk = 4 i + j reads chunk 2 kk + h at offA/offB[j] + 64 i.
+    static_assert(TileB::kSwizzled && kDepth % 64 == 0, "both operands swizzled, whole 64-column groups");
+    // Element offset of chunk 2 kk + h of the lane's row: (row * D + 64 (kk / 4) + 16 (kk % 4) + 8 h) ^ 8 s,
+    // s = lane & 7 (row * D is a multiple of 64, so the XOR only permutes chunks inside a 64-element group;
+    // m-tile / n-pair steps of 16 rows add multiples of 64 and commute with it). One LOP3 per k-step and
+    // operand instead of four live offsets (those spilled at d = 64 / 128).
+    const int sx = (lane & 7) * 8;
+    const int a_lin = a_row * TileA::kRowStride + (lane >> 4) * 8;
+    const int b_lin = b_row * TileB::kRowStride + ((lane >> 3) & 1) * 8;
+    auto offA = [&](int kk) { return (a_lin + kk * 16) ^ sx; };
+    auto offB = [&](int kk) { return (b_lin + kk * 16) ^ sx; };
+    auto ldsm_a = [&](const Element* pa, int mt, uint32_t (&r)[4]) {
+      cute::SM75_U32x4_LDSM_N::copy(*reinterpret_cast<const cute::uint128_t*>(pa + mt * 16 * TileA::kRowStride), r[0],
+                                    r[1], r[2], r[3]);
+    };
+    auto ldsm_b = [&](const Element* pb, int p, uint32_t (&r)[4]) {
+      cute::SM75_U32x4_LDSM_N::copy(*reinterpret_cast<const cute::uint128_t*>(pb + p * 16 * TileB::kRowStride), r[0],
+                                    r[1], r[2], r[3]);
+    };
+    if constexpr (kPipelined) {
+      constexpr int kSteps = kDepth / 16;
+      uint32_t fa[2][MT][4], fb[2][NT / 2][4];
+      auto load = [&](int buf, int kk) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) ldsm_a(sA + offA(kk), mt, fa[buf][mt]);
+#pragma unroll
+        for (int p = 0; p < NT / 2; ++p) ldsm_b(sB + offB(kk), p, fb[buf][p]);
+      };
+      auto mma = [&](int buf) {
+#pragma unroll
+        for (int p = 0; p < NT / 2; ++p)
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              float* c = acc[mt][2 * p + h];
+              Atom::fma(c[0], c[1], c[2], c[3], fa[buf][mt][0], fa[buf][mt][1], fa[buf][mt][2], fa[buf][mt][3],
+                        fb[buf][p][2 * h], fb[buf][p][2 * h + 1], c[0], c[1], c[2], c[3]);
+            }
+      };
+      load(0, 0);
+#pragma unroll
+      for (int kk = 0; kk < kSteps; kk += 2) {
+        load(1, kk + 1);
+        mma(0);
+        if (kk + 2 < kSteps) load(0, kk + 2);
+        mma(1);
+      }
+      return;
+    }
+    // Unrolled by 4 (as kVarSUnroll4 on the padded tiles; d = 64: fully).
+#pragma unroll 4
+    for (int kk = 0; kk < kDepth / 16; ++kk) {
+      {
+        const Element* pa = sA + offA(kk);
+        const Element* pb = sB + offB(kk);
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) ldsm_a(pa, mt, a[mt]);
+#pragma unroll
+        for (int p = 0; p < NT / 2; ++p) {
+          uint32_t b[4];
+          ldsm_b(pb, p, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              float* c = acc[mt][2 * p + h];
+              Atom::fma(c[0], c[1], c[2], c[3], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[2 * h], b[2 * h + 1], c[0],
+                        c[1], c[2], c[3]);
+            }
+        }
+      }
+    }
+    return;
+  }
   if constexpr (kPipelined) {
     constexpr int kSteps = kDepth / 16;
     static_assert(kSteps % 2 == 0, "k-steps are taken in pairs (buffer 0, buffer 1)");
@@ -113,7 +193,7 @@ __device__ __forceinline__ void gemm_abt_smem(float (&acc)[MT][NT][4], const Ele
   // pressure / spills next to a 128-float O accumulator) while still overlapping loads and MMAs.
   // Measured (ptxas sm_90, lean kernel): depth 256 104 -> 8 bytes of stack, depth 128 (kBlockN 64)
   // 80 -> 8 bytes.
-  constexpr int kUnroll = kDepth * NT < 1024 ? kDepth / 16 : 2;
+  constexpr int kUnroll = kUnrollReq > 0 ? kUnrollReq : kDepth * NT < 1024 ? kDepth / 16 : 2;
 #pragma unroll kUnroll
   for (int kk = 0; kk < kDepth / 16; ++kk) {
     uint32_t a[MT][4];
@@ -164,6 +244,16 @@ __device__ __forceinline__ void gemm_rs_v(float (&acc)[MT][DT][4], const float (
   // (keys 8-15, d 8-15) = b0, b1 of d-tile 2q, then b0, b1 of d-tile 2q + 1.
   const int v_row = (lane & 7) + ((lane >> 3) & 1) * 8;
   const int v_col = (lane >> 4) * 8;
+  // Swizzled V (SmemTileSwz): every row this lane addresses has (row & 7) == (lane & 7); d-pair q reads
+  // chunk 2 q + (lane >> 4), at offV[q & 3] + 64 (q >> 2) (q and kk are compile-time here).
+  // (XOR form as in gemm_abt_smem: kk * 16 rows add a multiple of 64 elements.)
+  const int v_lin = v_row * TileB::kRowStride + (lane >> 4) * 8, sx = (lane & 7) * 8;
+  auto v_ptr = [&](int kk, int q) -> const Element* {
+    if constexpr (TileB::kSwizzled)
+      return sV + ((v_lin + q * 16) ^ sx) + kk * 16 * TileB::kRowStride;
+    else
+      return sV + TileB::offset(kk * 16 + v_row, q * 16 + v_col);
+  };
   // P is packed to 16-bit pairs up front: half the registers of the fp32 scores.
   uint32_t pa[KT / 2][MT][4];
 #pragma unroll
@@ -176,9 +266,8 @@ __device__ __forceinline__ void gemm_rs_v(float (&acc)[MT][DT][4], const float (
 #pragma unroll
     for (int q = 0; q < DT / 2; ++q) {
       uint32_t b[4];
-      cute::SM75_U16x8_LDSM_T::copy(
-          *reinterpret_cast<const cute::uint128_t*>(sV + TileB::offset(kk * 16 + v_row, q * 16 + v_col)),
-          b[0], b[1], b[2], b[3]);
+      cute::SM75_U16x8_LDSM_T::copy(*reinterpret_cast<const cute::uint128_t*>(v_ptr(kk, q)), b[0], b[1], b[2],
+                                    b[3]);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -207,6 +296,14 @@ __device__ __forceinline__ void gemm_ss_pv(float (&acc)[MT][DT][4], const Elemen
   const int a_col = (lane >> 4) * 8;
   const int v_row = (lane & 7) + ((lane >> 3) & 1) * 8;
   const int v_col = (lane >> 4) * 8;
+  // Swizzled V: as in gemm_rs_v; d0 is a multiple of 64 there (whole 128-byte groups).
+  const int v_lin = v_row * TileB::kRowStride + (lane >> 4) * 8, sx = (lane & 7) * 8;
+  auto v_ptr = [&](int kk, int q) -> const Element* {
+    if constexpr (TileB::kSwizzled)
+      return sV + d0 + ((v_lin + q * 16) ^ sx) + kk * 16 * TileB::kRowStride;
+    else
+      return sV + TileB::offset(kk * 16 + v_row, d0 + q * 16 + v_col);
+  };
 #pragma unroll
   for (int kk = 0; kk < KT / 2; ++kk) {
     uint32_t a[MT][4];
@@ -218,9 +315,8 @@ __device__ __forceinline__ void gemm_ss_pv(float (&acc)[MT][DT][4], const Elemen
 #pragma unroll
     for (int q = 0; q < DT / 2; ++q) {
       uint32_t b[4];
-      cute::SM75_U16x8_LDSM_T::copy(
-          *reinterpret_cast<const cute::uint128_t*>(sV + TileB::offset(kk * 16 + v_row, d0 + q * 16 + v_col)),
-          b[0], b[1], b[2], b[3]);
+      cute::SM75_U16x8_LDSM_T::copy(*reinterpret_cast<const cute::uint128_t*>(v_ptr(kk, q)), b[0], b[1], b[2],
+                                    b[3]);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll

@@ -23,8 +23,30 @@ struct SmemTile {
   static constexpr int kChunks = kHeadDim / 8;      // 16-byte chunks per row
   static constexpr int kRowStride = kHeadDim + 8;   // elements
   static constexpr int kElems = kRows * kRowStride;
+  static constexpr bool kSwizzled = false;
   static_assert(kHeadDim % 16 == 0 && (kChunks % 2) == 0, "row must span an odd chunk count");
   __device__ __forceinline__ static int offset(int row, int col) { return row * kRowStride + col; }
+};
+
+// Unpadded alternative for head dims that are multiples of 64 (pass 5): rows of exactly kHeadDim
+// elements (128-byte aligned), the 16-byte chunk c of row r stored at chunk (c ^ (r & 7)) of its 128-byte
+// group. Why: with the padded layout a 128-byte global line lands across two 128-byte shared-memory
+// segments for 7 of 8 rows, and the H100 then splits each cp.async warp instruction into ~10.5 L1
+// wavefronts / L2 requests instead of 4 (ncu, d256: 355 M L2 requests and 797 M L2 sectors vs FA2's
+// 130 M / 505 M for the same bytes). ldmatrix stays conflict free: the 8 rows of a phase (r & 7 all
+// different) read 8 different chunks of their 128-byte groups.
+template <int kRows_, int kHeadDim_>
+struct SmemTileSwz {
+  static constexpr int kRows = kRows_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kChunks = kHeadDim / 8;
+  static constexpr int kRowStride = kHeadDim;
+  static constexpr int kElems = kRows * kRowStride;
+  static constexpr bool kSwizzled = true;
+  static_assert(kHeadDim % 64 == 0, "whole 128-byte groups");
+  __device__ __forceinline__ static int offset(int row, int col) {
+    return row * kRowStride + ((((col >> 3) ^ row) & 7) | (col >> 3 & ~7)) * 8 + (col & 7);
+  }
 };
 
 // Loads rows [0, kRows) of a tile. `rows.row(r)` returns the global address of row r's first
@@ -74,6 +96,12 @@ __device__ __forceinline__ void load_tile_dense_async(Element* smem, const Eleme
     const Element* src = src_row0 + r0 * row_stride + c * 8;
     const int64_t src_step = kRowsPerIter * row_stride;
     Element* dst = smem + Tile::offset(r0, c * 8);
+    // Swizzled tiles whose row step is not a multiple of 8 (d = 256: 4 rows) alternate between two
+    // chunk permutations: odd iterations use dst_odd (equal to dst for every other case).
+    constexpr bool kAlt = Tile::kSwizzled && kRowsPerIter % 8 != 0;
+    static_assert(!kAlt || (2 * kRowsPerIter) % 8 == 0, "two alternating permutations");
+    Element* dst_odd = dst;
+    if constexpr (kAlt) dst_odd = smem + Tile::offset(r0 + kRowsPerIter, c * 8) - kRowsPerIter * Tile::kRowStride;
     if (kFastPath && valid_rows >= Tile::kRows && dim_chunks >= Tile::kChunks) {
       // Whole tile present (every interior block): no per-chunk predicate, zero-fill store or
       // predicated address, ~4 instructions less per 16-byte chunk (32 chunks per key block and
@@ -82,7 +110,7 @@ __device__ __forceinline__ void load_tile_dense_async(Element* smem, const Eleme
       for (int it = 0; it < kTotal / kThreads; ++it) {
         cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(
             *reinterpret_cast<const cute::uint128_t*>(src),
-            *reinterpret_cast<cute::uint128_t*>(dst + it * kRowsPerIter * Tile::kRowStride));
+            *reinterpret_cast<cute::uint128_t*>((it % 2 == 1 ? dst_odd : dst) + it * kRowsPerIter * Tile::kRowStride));
         src += src_step;
       }
       return;
@@ -91,7 +119,7 @@ __device__ __forceinline__ void load_tile_dense_async(Element* smem, const Eleme
     // absent rows: fewer instructions but the pointer select made ptxas spill 20-40 B at d128 / d256.)
 #pragma unroll
     for (int it = 0; it < kTotal / kThreads; ++it) {
-      Element* d = dst + it * kRowsPerIter * Tile::kRowStride;
+      Element* d = (it % 2 == 1 ? dst_odd : dst) + it * kRowsPerIter * Tile::kRowStride;
       if (c_ok && r0 + it * kRowsPerIter < valid_rows) {
         cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(
             *reinterpret_cast<const cute::uint128_t*>(src), *reinterpret_cast<cute::uint128_t*>(d));
