@@ -22,6 +22,7 @@
 #include "bwd_dq_writer.h"
 #include "bwd_dropout.h"
 #include "bwd_kernel_params.h"
+#include "bwd_smem_store.h"
 #include "fwd_block_range.h"  // block_needs_mask, key_block_range
 #include "fwd_consumer.h"     // wgmma_gemm
 #include "fwd_softmax.h"      // rowcol_view, fast_exp2
@@ -98,6 +99,14 @@ __device__ __forceinline__ void bwd_consumer(const BwdKernelParams<Traits>& p,
   const int m_count = range.m_end - range.m_begin;
   const int steps = m_count * p.head_ratio;
   const int key0 = n_block * kBlockN;
+  const BranchFreeMask bf_mask(rule);
+  // Closed-form store addresses (bwd_smem_store.h); d96 keeps the CuTe-addressed dQ stores.
+  constexpr bool kDqMap = kHeadDim % 64 == 0;
+  const uint32_t ds_thread = DsStoreMap<kBlockM>::thread_offset(tid);
+  const uint32_t ds_smem0 = smem_u32(ss.ds[0]);
+  constexpr uint32_t kDsBufBytes = sizeof(ss.ds[0]);
+  uint32_t dq_thread = 0;
+  if constexpr (kDqMap) dq_thread = smem_u32(ss.dq) + DqStoreMap<kBlockM, kHeadDim>::thread_offset(tid);
   if (steps > 0) reinterpret_cast<Barrier&>(ss.full_kv).wait(0);
 
   for (int step = 0; step < steps; ++step) {
@@ -110,8 +119,6 @@ __device__ __forceinline__ void bwd_consumer(const BwdKernelParams<Traits>& p,
     const float* dpsum_s = ss.dpsum[stage];
     // dS buffer of this step (double-buffered, see SharedStorage::ds).
     Tensor sdS = make_tensor(make_smem_ptr(ss.ds[step & 1]), typename Traits::SmemLayoutdS{});
-    Tensor sdSt = make_tensor(make_smem_ptr(ss.ds[step & 1]), typename Traits::SmemLayoutdSt{});
-    Tensor tdSsdS = thr_sdp.partition_C(sdSt);  // where this thread's dS^T values go
     Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);
 
     // Dropout keep bits (indices only), computed before the S^T / dP^T accumulators become live.
@@ -133,22 +140,34 @@ __device__ __forceinline__ void bwd_consumer(const BwdKernelParams<Traits>& p,
 
     Tensor S = rowcol_view(tSrS);    // (keys of this thread, queries of this thread)
     Tensor dP = rowcol_view(tdPrdP);
+    // 16-bit P^T and dS^T (in C order), viewed as A operands of the dV / dK GEMMs.
+    Tensor tdVrP = make_tensor<Element>(ALayout{});
+    Tensor tdKrdS = make_tensor<Element>(ALayout{});
+    using Frag16 = cutlass::Array<Element, kFrag>;
+    using Frag32 = cutlass::Array<float, kFrag>;
     const bool need_mask = block_needs_mask<kBlockM, kBlockN>(rule, m_block, n_block);
     if constexpr (!kModScores) {
-      // P^T while dP^T is still in the tensor cores.
+      // P^T while dP^T is still in the tensor cores (in source order: ptxas now schedules most of the
+      // MUFU.EX2 after the dP^T wait anyway; pinning them before it by issuing dV first measured
+      // 1-9 % slower, README_bwd.md session 5).
       warpgroup_wait<1>();
       warpgroup_fence_operand(tSrS);
       const float scale_log2 = p.softmax_scale * kLog2e;
+      // One uniform branch around a select-only mask pass; the exp2 pass is straight-line.
+      if (need_mask) {
+        CUTE_UNROLL
+        for (int c = 0; c < size<1>(S); ++c) {
+          const int row = row0 + get<1>(cS(0, c));
+          CUTE_UNROLL
+          for (int r = 0; r < size<0>(S); ++r)
+            S(r, c) = bf_mask.visible(row, key0 + get<0>(cS(r, c))) ? S(r, c) : -INFINITY;
+        }
+      }
       CUTE_UNROLL
       for (int c = 0; c < size<1>(S); ++c) {
-        const int q = get<1>(cS(0, c));
-        const float lse = lse_s[q];
+        const float lse = lse_s[get<1>(cS(0, c))];
         CUTE_UNROLL
-        for (int r = 0; r < size<0>(S); ++r) {
-          float x = S(r, c);
-          if (need_mask && !rule.visible(row0 + q, key0 + get<0>(cS(r, c)))) x = -INFINITY;
-          S(r, c) = fast_exp2(x * scale_log2 - lse);
-        }
+        for (int r = 0; r < size<0>(S); ++r) S(r, c) = fast_exp2(S(r, c) * scale_log2 - lse);
       }
       warpgroup_wait<0>();
       warpgroup_fence_operand(tdPrdP);
@@ -182,7 +201,7 @@ __device__ __forceinline__ void bwd_consumer(const BwdKernelParams<Traits>& p,
             dtanh = 1.f - t * t;
           }
           x += alibi_bias(alibi_slope, rule, row0 + q, key);
-          if (need_mask && !rule.visible(row0 + q, key)) x = -INFINITY;
+          x = (!need_mask | bf_mask.visible(row0 + q, key)) ? x : -INFINITY;  // no branch
           const float pr = fast_exp2(x * kLog2e - lse);
           float dp = dP(r, c), pv = pr;
           if constexpr (kDropout) {
@@ -196,11 +215,6 @@ __device__ __forceinline__ void bwd_consumer(const BwdKernelParams<Traits>& p,
       }
     }
 
-    // 16-bit P^T and dS^T (in C order), viewed as A operands of the dV / dK GEMMs.
-    Tensor tdVrP = make_tensor<Element>(ALayout{});
-    Tensor tdKrdS = make_tensor<Element>(ALayout{});
-    using Frag16 = cutlass::Array<Element, kFrag>;
-    using Frag32 = cutlass::Array<float, kFrag>;
     *reinterpret_cast<Frag16*>(tdVrP.data()) = convert(*reinterpret_cast<const Frag32*>(tSrS.data()));
     *reinterpret_cast<Frag16*>(tdKrdS.data()) = convert(*reinterpret_cast<const Frag32*>(tdPrdP.data()));
     wgmma_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_dkv, tdVrP, tdVrdO(_, _, _, stage), tdVrdV);
@@ -210,9 +224,13 @@ __device__ __forceinline__ void bwd_consumer(const BwdKernelParams<Traits>& p,
     // neighbouring queries, adjacent in the query-contiguous dS layout: one 32-bit store.
     // Safe to overwrite: the last reader of this buffer was the dQ GEMM of step - 2, which every
     // consumer thread completed before arriving at the barrier of step - 1.
-    CUTE_UNROLL
-    for (int i = 0; i < kFrag; i += 2) {
-      *reinterpret_cast<uint32_t*>(&tdSsdS(i)) = *reinterpret_cast<const uint32_t*>(&tdKrdS(i));
+    {
+      const uint32_t ds_base = opaque_u32(ds_smem0 + (step & 1) * kDsBufBytes + ds_thread);
+      CUTE_UNROLL
+      for (int i = 0; i < kFrag; i += 2) {
+        st_shared_b32(DsStoreMap<kBlockM>::offset(ds_base, i),
+                      *reinterpret_cast<const uint32_t*>(&tdKrdS(i)));
+      }
     }
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes -> visible to wgmma
     // Wait for dV / dK here rather than after dQ: the P^T / dS^T registers (wgmma operands until
@@ -234,11 +252,18 @@ __device__ __forceinline__ void bwd_consumer(const BwdKernelParams<Traits>& p,
     // writer has read the previous tile (parity as for the producer's empty barriers: the first
     // wait passes at once).
     reinterpret_cast<EmptyBarrier&>(ss.dq_empty).wait((step & 1) ^ 1);
-    CUTE_UNROLL
-    for (int i = 0; i < size(tdQrdQ); i += 2) {
-      const int row = get<0>(cdQ(i)), col = get<1>(cdQ(i));
-      *reinterpret_cast<float2*>(&ss.dq[row * kHeadDim + dq_swizzle_col_d<kHeadDim>(row, col)]) =
-          make_float2(tdQrdQ(i), tdQrdQ(i + 1));
+    if constexpr (kDqMap) {
+      const uint32_t dq_base = opaque_u32(dq_thread);
+      CUTE_UNROLL
+      for (int i = 0; i < size(tdQrdQ); i += 2)
+        st_shared_v2_f32(DqStoreMap<kBlockM, kHeadDim>::offset(dq_base, i), tdQrdQ(i), tdQrdQ(i + 1));
+    } else {
+      CUTE_UNROLL
+      for (int i = 0; i < size(tdQrdQ); i += 2) {
+        const int row = get<0>(cdQ(i)), col = get<1>(cdQ(i));
+        *reinterpret_cast<float2*>(&ss.dq[row * kHeadDim + dq_swizzle_col_d<kHeadDim>(row, col)]) =
+            make_float2(tdQrdQ(i), tdQrdQ(i + 1));
+      }
     }
     cutlass::arch::fence_view_async_shared();  // visible to the bulk copy (async proxy)
     reinterpret_cast<EmptyBarrier&>(ss.dq_full).arrive();
