@@ -11,17 +11,22 @@
 //   wait dV / dK -> release the Q / dO stage; wait dQ -> fp32 tile ss.dq -> dq_full; the dQ
 //   writer warp bulk-adds the tile to dq_accum (bwd_dq_writer.h) and frees it via dq_empty.
 // Epilogue: dK *= softmax_scale; dK, dV stored from registers (keys >= seqlen_k skipped).
+// Dropout (kDropout, bwd_dropout.h: the forward's Philox mask rebuilt for the transposed tile):
+// dV uses Z P^T / (1-p), dS^T = P^T (Z dP^T / (1-p) - D), as in bwd_consumer.h.
+// Varlen: `rule` holds this sequence's lengths; positions are relative to the sequence.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <climits>
 #include <type_traits>
 
 #include <cutlass/arch/barrier.h>
 
 #include "bwd256_traits.h"
 #include "bwd_dq_writer.h"     // consumer_sync
+#include "bwd_dropout.h"
 #include "bwd_kernel_params.h"
 #include "fwd_block_range.h"   // block_needs_mask
 #include "fwd_consumer.h"      // wgmma_gemm
@@ -46,7 +51,22 @@ __device__ __forceinline__ void st_shared_b32(const void* smem, uint32_t v) {
   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(v) : "memory");
 }
 
-template <typename Traits, bool kModScores>
+// MaskRule::visible without branches (key >= 0 assumed). visible() short-circuits, and ptxas made
+// that two branches + BSSY / BSYNC around every score, even on blocks that need no mask (found by
+// helper sm90bwd in the d64 / d128 consumer, session 5): the window as bounds on the diagonal offset.
+struct Bwd256Mask {
+  int seqlen_k, shift, lo, hi;
+  __device__ __forceinline__ explicit Bwd256Mask(const MaskRule& r)
+      : seqlen_k(r.seqlen_k), shift(r.seqlen_k - r.seqlen_q),
+        lo(r.window_left >= 0 ? -r.window_left : INT_MIN),
+        hi(r.window_right >= 0 ? r.window_right : INT_MAX) {}
+  __device__ __forceinline__ bool visible(int row, int key) const {
+    const int d = key - (row + shift);
+    return (key < seqlen_k) & (d >= lo) & (d <= hi);
+  }
+};
+
+template <typename Traits, bool kModScores, bool kDropout = false>
 __device__ __forceinline__ void bwd256_consumer(const BwdKernelParams<Traits>& p,
                                                 typename Traits::SharedStorage& ss,
                                                 const MaskRule& rule, int head_dim, int tid,
@@ -87,6 +107,9 @@ __device__ __forceinline__ void bwd256_consumer(const BwdKernelParams<Traits>& p
 
   // (key, query) of each S^T value of this thread; (key, col) of dK/dV; (query, col) of dQ.
   Tensor cS = rowcol_view(thr_sdp.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kBlockM>>{})));
+  static_assert(!kDropout || kModScores, "the dropout kernel is a kModScores kernel");
+  constexpr int kCols = decltype(size<1>(cS))::value;  // queries of this thread: 8
+  const Bwd256Mask bf_mask(rule);
   Tensor cKV = rowcol_view(thr_dkv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{})));
   Tensor cdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
 
@@ -121,6 +144,13 @@ __device__ __forceinline__ void bwd256_consumer(const BwdKernelParams<Traits>& p
     Tensor sdSt = make_tensor(make_smem_ptr(ss.ds[buf]), typename Traits::SmemLayoutPt{});
     Tensor sdS = make_tensor(make_smem_ptr(ss.ds[buf]), typename Traits::SmemLayoutdS{});
 
+    // Dropout keep bits (indices only), before the S^T / dP^T accumulators become live.
+    BwdDropoutBits drop{{0xFFFFFFFFu, 0xFFFFFFFFu}};
+    if constexpr (kDropout) {
+      drop = bwd_dropout_bits<kCols>(cS, key0, row0, p.rng_state[0], p.rng_state[1],
+                                     uint32_t(bidb * p.nheads + bidh), p.keep_threshold);
+    }
+
     Tensor tSrS = partition_fragment_C(mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
     Tensor tdPrdP = partition_fragment_C(mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
     full_q(stage).wait(phase);
@@ -136,16 +166,20 @@ __device__ __forceinline__ void bwd256_consumer(const BwdKernelParams<Traits>& p
       warpgroup_wait<1>();
       warpgroup_fence_operand(tSrS);
       const float scale_log2 = p.softmax_scale * kLog2e;
+      if (need_mask) {  // uniform per step; select-only inside
+        CUTE_UNROLL
+        for (int c = 0; c < size<1>(S); ++c) {
+          const int row = row0 + get<1>(cS(0, c));
+          CUTE_UNROLL
+          for (int r = 0; r < size<0>(S); ++r)
+            S(r, c) = bf_mask.visible(row, key0 + get<0>(cS(r, c))) ? S(r, c) : -INFINITY;
+        }
+      }
       CUTE_UNROLL
       for (int c = 0; c < size<1>(S); ++c) {
-        const int q = get<1>(cS(0, c));
-        const float lse = lse_s[q];
+        const float lse = lse_s[get<1>(cS(0, c))];
         CUTE_UNROLL
-        for (int r = 0; r < size<0>(S); ++r) {
-          float x = S(r, c);
-          if (need_mask && !rule.visible(row0 + q, key0 + get<0>(cS(r, c)))) x = -INFINITY;
-          S(r, c) = fast_exp2(x * scale_log2 - lse);
-        }
+        for (int r = 0; r < size<0>(S); ++r) S(r, c) = fast_exp2(S(r, c) * scale_log2 - lse);
       }
       warpgroup_wait<0>();
       warpgroup_fence_operand(tdPrdP);
@@ -179,10 +213,16 @@ __device__ __forceinline__ void bwd256_consumer(const BwdKernelParams<Traits>& p
             dtanh = 1.f - t * t;
           }
           x += alibi_bias(alibi_slope, rule, row0 + q, key);
-          if (need_mask && !rule.visible(row0 + q, key)) x = -INFINITY;
+          x = (!need_mask | bf_mask.visible(row0 + q, key)) ? x : -INFINITY;  // no branch
           const float pr = fast_exp2(x * kLog2e - lse);
-          S(r, c) = pr;
-          dP(r, c) = pr * (dP(r, c) - d) * dtanh;
+          float dp = dP(r, c), pv = pr;
+          if constexpr (kDropout) {
+            const bool kept = bwd_dropout_kept<kCols>(drop, r, c);
+            pv = kept ? pr * p.rp_dropout : 0.f;
+            dp = kept ? dp * p.rp_dropout : 0.f;
+          }
+          S(r, c) = pv;
+          dP(r, c) = pr * (dp - d) * dtanh;
         }
       }
     }
@@ -235,12 +275,18 @@ __device__ __forceinline__ void bwd256_consumer(const BwdKernelParams<Traits>& p
   // ---- epilogue: dK (times softmax_scale) and dV, 2 adjacent columns per store ------------------
   Tensor dK = rowcol_view(tdKrdK);
   Tensor dV = rowcol_view(tdVrdV);
-  Element* dk = p.dk + bidb * p.dk_batch_stride + bidhk * p.dk_head_stride;
-  Element* dv = p.dv + bidb * p.dv_batch_stride + bidhk * p.dv_head_stride;
+  // Varlen: key j of the sequence is row k_offset + j of dk / dv (batch strides unused); keys of
+  // the next sequence in a tail block (key >= the sequence's seqlen_k) are never stored.
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const BwdSeqInfo si = bwd_seq_info(p, bidb);
+  Element* dk = p.dk + (varlen ? int64_t(si.k_offset) * p.dk_row_stride : bidb * p.dk_batch_stride) +
+                bidhk * p.dk_head_stride;
+  Element* dv = p.dv + (varlen ? int64_t(si.k_offset) * p.dv_row_stride : bidb * p.dv_batch_stride) +
+                bidhk * p.dv_head_stride;
   CUTE_UNROLL
   for (int r = 0; r < size<0>(dK); ++r) {
     const int key = key0 + get<0>(cKV(r, 0));
-    if (key >= p.seqlen_k) continue;
+    if (key >= rule.seqlen_k) continue;
     CUTE_UNROLL
     for (int c = 0; c < size<1>(dK); c += 2) {  // columns c, c+1 adjacent (mode 0,0 of C)
       const int col = get<1>(cKV(r, c));

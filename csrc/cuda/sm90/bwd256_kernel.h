@@ -18,7 +18,8 @@
 
 namespace flash::sm90 {
 
-template <typename Traits, bool kModScores, bool kDeterministic>
+// kDropout (implies kModScores): its own instantiation, as in bwd_kernel.h.
+template <typename Traits, bool kModScores, bool kDeterministic, bool kDropout = false>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     bwd256_kernel(const __grid_constant__ BwdKernelParams<Traits> p, int head_dim) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -28,9 +29,12 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 
   const int warp_idx = cutlass::canonical_warp_idx_sync();
   const int warpgroup_idx = cutlass::canonical_warp_group_idx();
-  const MaskRule rule{p.seqlen_q, p.seqlen_k, p.window_left, p.window_right};
   const int n_block = blockIdx.x;
   const int bidhk = blockIdx.y, bidb = blockIdx.z;
+  // Varlen: this sequence's lengths (the grid is sized for the longest one; key blocks past this
+  // sequence's keys get an empty range and store nothing).
+  const BwdSeqInfo si = bwd_seq_info(p, bidb);
+  const MaskRule rule{si.seqlen_q, si.seqlen_k, p.window_left, p.window_right};
   const QueryBlockRange range = query_block_range<Traits::kBlockM, Traits::kBlockN>(rule, n_block);
 
   if (warp_idx == 0 && cute::elect_one_sync()) {
@@ -60,8 +64,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       bwd_dq_writer<Traits, kDeterministic>(p, ss, rule, n_block, bidhk, bidb, range);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
-    bwd256_consumer<Traits, kModScores>(p, ss, rule, head_dim, threadIdx.x - 128, n_block, bidhk,
-                                        bidb, range);
+    bwd256_consumer<Traits, kModScores, kDropout>(p, ss, rule, head_dim, threadIdx.x - 128,
+                                                  n_block, bidhk, bidb, range);
   }
 #endif
 }

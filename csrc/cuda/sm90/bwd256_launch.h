@@ -13,6 +13,7 @@
 #include "bwd256_launch_decl.h"
 #include "bwd_aux_kernels.h"
 #include "bwd_workspace.h"
+#include "common/philox.h"  // dropout_keep_threshold
 #include "flash/params.h"
 #include "fwd_launch.h"  // detail::tma_stride
 
@@ -41,31 +42,6 @@ Tma make_tma(const void* ptr, int rows, int head_dim, int heads, int batch, int6
 
 }  // namespace bwd256_detail
 
-// dq = softmax_scale * dq_accum (column swizzle of bwd_workspace.h undone).
-// Grid (ceil(sq / 16), nheads, batch); 8 columns per thread.
-template <typename Element, int kHeadDim>
-__global__ void __launch_bounds__(kAuxThreads) bwd256_convert_dq_kernel(BwdAuxParams p) {
-  constexpr int kRows = 16, kChunks = kHeadDim / 8;
-  const int h = blockIdx.y, b = blockIdx.z;
-  for (int it = threadIdx.x; it < kRows * kChunks; it += kAuxThreads) {
-    const int row = blockIdx.x * kRows + it / kChunks;
-    const int col = (it % kChunks) * 8;
-    if (row >= p.seqlen_q) continue;
-    const float* src = p.dq_accum +
-                       ((int64_t(b) * p.nheads + h) * p.seqlen_q_rounded + row) * kHeadDim +
-                       dq_swizzle_col(row, col);
-    const float4 lo = *reinterpret_cast<const float4*>(src);
-    const float4 hi = *reinterpret_cast<const float4*>(src + 4);
-    const float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-    cutlass::Array<Element, 8> o;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) o[e] = Element(v[e] * p.softmax_scale);
-    Element* dst = static_cast<Element*>(p.dq) + b * p.dq_batch_stride + int64_t(row) * p.dq_row_stride +
-                   h * p.dq_head_stride + col;
-    *reinterpret_cast<cutlass::Array<Element, 8>*>(dst) = o;
-  }
-}
-
 // The main kernel (TMA descriptors, parameters, launch) for one traits type.
 template <typename Traits>
 void launch_bwd256_main(const BwdParams& params, const BwdWorkspaceLayout& ws, float* lse_log2,
@@ -74,7 +50,12 @@ void launch_bwd256_main(const BwdParams& params, const BwdWorkspaceLayout& ws, f
   using Tmas = BwdTmaTypes<Traits>;
   constexpr int kHeadDim = Traits::kHeadDim;
   const int n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
-  if (n_blocks == 0) return;
+  // Varlen: the sequences are row ranges of (total, heads, d) tensors, mapped as one batch entry.
+  const bool varlen = params.cu_seqlens_q != nullptr;
+  const int rows_q = varlen ? params.total_q : params.seqlen_q;
+  const int rows_k = varlen ? int(params.total_k) : params.seqlen_k;
+  const int map_batch = varlen ? 1 : params.batch;
+  if (n_blocks == 0 || rows_q <= 0 || rows_k <= 0) return;  // (a TMA map cannot be empty)
 
   const auto tile_q = Shape<Int<Traits::kBlockM>, Int<kHeadDim>>{};
   const auto tile_kv = Shape<Int<Traits::kBlockN>, Int<kHeadDim>>{};
@@ -83,16 +64,16 @@ void launch_bwd256_main(const BwdParams& params, const BwdWorkspaceLayout& ws, f
   const int d = params.head_dim;
   BwdKernelParams<Traits> kp{
       bwd256_detail::make_tma<Traits, typename Tmas::TmaQ>(
-          params.q, params.seqlen_q, d, params.nheads, params.batch, params.q_row_stride,
+          params.q, rows_q, d, params.nheads, map_batch, params.q_row_stride,
           params.q_head_stride, params.q_batch_stride, smem_q, tile_q),
       bwd256_detail::make_tma<Traits, typename Tmas::TmaQ>(
-          params.dout, params.seqlen_q, d, params.nheads, params.batch, params.dout_row_stride,
+          params.dout, rows_q, d, params.nheads, map_batch, params.dout_row_stride,
           params.dout_head_stride, params.dout_batch_stride, smem_q, tile_q),
       bwd256_detail::make_tma<Traits, typename Tmas::TmaKV>(
-          params.k, params.seqlen_k, d, params.nheads_k, params.batch, params.k_row_stride,
+          params.k, rows_k, d, params.nheads_k, map_batch, params.k_row_stride,
           params.k_head_stride, params.k_batch_stride, smem_kv, tile_kv),
       bwd256_detail::make_tma<Traits, typename Tmas::TmaKV>(
-          params.v, params.seqlen_k, d, params.nheads_k, params.batch, params.v_row_stride,
+          params.v, rows_k, d, params.nheads_k, map_batch, params.v_row_stride,
           params.v_head_stride, params.v_batch_stride, smem_kv, tile_kv),
   };
   kp.batch = params.batch;
@@ -101,10 +82,19 @@ void launch_bwd256_main(const BwdParams& params, const BwdWorkspaceLayout& ws, f
   kp.seqlen_q = params.seqlen_q;
   kp.seqlen_k = params.seqlen_k;
   kp.head_ratio = params.nheads / params.nheads_k;
+  kp.cu_seqlens_q = params.cu_seqlens_q;
+  kp.cu_seqlens_k = params.cu_seqlens_k;
+  kp.total_q = rows_q;
+  kp.total_k = rows_k;
+  kp.ws_head_stride = ws.head_stride;
   kp.num_m_blocks = ws.num_m_blocks;
   kp.seqlen_q_rounded = ws.seqlen_q_rounded;
   kp.window_left = params.window_left;
   kp.window_right = params.window_right;
+  kp.dropout = params.dropout_p > 0.f;
+  kp.keep_threshold = dropout_keep_threshold(params.dropout_p);
+  kp.rp_dropout = kp.dropout ? 1.f / (1.f - params.dropout_p) : 1.f;
+  kp.rng_state = params.rng_state;
   kp.softmax_scale = params.softmax_scale;
   kp.softcap = params.softcap;
   kp.alibi_slopes = params.alibi_slopes;
@@ -123,14 +113,19 @@ void launch_bwd256_main(const BwdParams& params, const BwdWorkspaceLayout& ws, f
   kp.dv_head_stride = params.dv_head_stride;
 
   const bool mod_scores = params.softcap > 0.f || params.alibi_slopes != nullptr;
+  const bool det = params.deterministic;
   constexpr int kSmem = Traits::kSmemBytes;
   // x = key block fastest: in deterministic mode key block n waits only for blocks < n of the
   // same (head, batch), which have lower linear CTA indices and so were scheduled earlier.
   const dim3 grid(n_blocks, params.nheads_k, params.batch);
-  auto kernel = mod_scores ? (params.deterministic ? bwd256_kernel<Traits, true, true>
-                                                   : bwd256_kernel<Traits, true, false>)
-                           : (params.deterministic ? bwd256_kernel<Traits, false, true>
-                                                   : bwd256_kernel<Traits, false, false>);
+  // Three kernels (x deterministic), as bwd_launch.h: lean, softcap / ALiBi, dropout (softcap /
+  // ALiBi runtime-checked inside).
+  auto kernel = kp.dropout ? (det ? bwd256_kernel<Traits, true, true, true>
+                                  : bwd256_kernel<Traits, true, false, true>)
+                : mod_scores ? (det ? bwd256_kernel<Traits, true, true>
+                                    : bwd256_kernel<Traits, true, false>)
+                             : (det ? bwd256_kernel<Traits, false, true>
+                                    : bwd256_kernel<Traits, false, false>);
   bwd256_detail::check_cuda(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
       "cudaFuncSetAttribute(max dynamic smem)");
@@ -156,6 +151,7 @@ void run_bwd256_hdim(const BwdParams& params, cudaStream_t stream) {
 
   bwd256_detail::check_cuda(cudaMemsetAsync(dq_accum, 0, ws.zero_bytes, stream), "memset dq_accum");
 
+  // Preprocess and dQ convert: the d64 / d128 path's kernels (bwd_aux_kernels.h), varlen included.
   BwdAuxParams ap{};
   ap.out = params.out;
   ap.out_batch_stride = params.out_batch_stride;
@@ -179,6 +175,10 @@ void run_bwd256_hdim(const BwdParams& params, cudaStream_t stream) {
   ap.nheads = params.nheads;
   ap.seqlen_q_rounded = ws.seqlen_q_rounded;
   ap.softmax_scale = params.softmax_scale;
+  ap.cu_seqlens_q = params.cu_seqlens_q;
+  ap.total_q = params.total_q;
+  ap.ws_head_stride = ws.head_stride;
+  ap.ws_block_m = Traits::kBlockM;
 
   if (ws.seqlen_q_rounded > 0) {
     const dim3 grid((ws.seqlen_q_rounded + 7) / 8, params.nheads, params.batch);
@@ -190,7 +190,7 @@ void run_bwd256_hdim(const BwdParams& params, cudaStream_t stream) {
 
   if (params.seqlen_q > 0) {
     const dim3 grid((params.seqlen_q + 15) / 16, params.nheads, params.batch);
-    bwd256_convert_dq_kernel<Element, kHeadDim><<<grid, kAuxThreads, 0, stream>>>(ap);
+    bwd_convert_dq_kernel<Element, kHeadDim><<<grid, kAuxThreads, 0, stream>>>(ap);
     bwd256_detail::check_cuda(cudaGetLastError(), "dq convert launch");
   }
 }
