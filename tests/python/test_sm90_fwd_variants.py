@@ -3,7 +3,12 @@
 * FLASH_SM90_FWD_D64_M192[_WINDOW]: d=64 on the 192 x 128 tile with three consumer warpgroups
   (FLASH_SM90_FWD_WG_SKIP, FLASH_SM90_FWD_SCHED_ROTATE: its block skip and rotated schedule);
 * FLASH_SM90_FWD_WIDE_STORE: the O epilogue with 16-byte stores after a quad transpose;
-* FLASH_SM90_FWD_ILP_SOFTMAX=1: softmax reductions with shorter dependency chains.
+* FLASH_SM90_FWD_ILP_SOFTMAX=1: softmax reductions with shorter dependency chains;
+* FLASH_SM90_FWD_D128_TILE=2: d=128 without a window on a 128 x 128 tile with 3 K/V stages;
+* FLASH_SM90_FWD_PIN_WAIT=0|1: the P V wait kept after the softmax (fwd_consumer.h; default on
+  for d=128 and the windowed 192-row d=64 tile);
+* FLASH_SM90_FWD_D256_TILE=1: d=256 on a 128 x 48 tile with two Q buffers;
+* FLASH_SM90_FWD_FAST_MASK=1: the element mask against per-thread relative bounds.
 (Wide stores, ILP softmax and the block skip change only the lean kernel: softcap / ALiBi /
 dropout cases run the default code of the tile.)
 
@@ -51,6 +56,21 @@ VARIANTS = {
     "d64_t128": ({"FLASH_SM90_FWD_D64_M192": "0", "FLASH_SM90_FWD_D64_M192_WINDOW": "0"}, [64]),
     "wide_store": ({"FLASH_SM90_FWD_WIDE_STORE": "1"}, [128, 256]),
     "ilp_softmax": ({"FLASH_SM90_FWD_ILP_SOFTMAX": "1"}, [64, 128, 256]),
+    # d=128 without a window on the 128 x 128 tile with 3 K/V stages and 1 Q buffer (windowed calls
+    # keep the default tile, so here only the non-windowed features and shapes exercise it)
+    "d128_s3": ({"FLASH_SM90_FWD_D128_TILE": "2"}, [128]),
+    # the P V wait pinned after the softmax (lean kernels; default tiles, then the 192-row tile
+    # with its block skip, then the 3-stage d=128 tile)
+    "pin_wait": ({"FLASH_SM90_FWD_PIN_WAIT": "1"}, [64, 128, 256]),
+    "d64_m192_skip_pin": ({**M192_ALL, "FLASH_SM90_FWD_WG_SKIP": "1", "FLASH_SM90_FWD_PIN_WAIT": "1"}, [64]),
+    "d128_s3_pin": ({"FLASH_SM90_FWD_D128_TILE": "2", "FLASH_SM90_FWD_PIN_WAIT": "1"}, [128]),
+    # without the pin where it is now the default (d=128, the windowed 192-row tile)
+    "no_pin": ({"FLASH_SM90_FWD_PIN_WAIT": "0"}, [64, 128]),
+    # d=256 on the 128 x 48 tile with two Q buffers, with and without the pin
+    "d256_n48": ({"FLASH_SM90_FWD_D256_TILE": "1"}, [256]),
+    "d256_n48_pin": ({"FLASH_SM90_FWD_D256_TILE": "1", "FLASH_SM90_FWD_PIN_WAIT": "1"}, [256]),
+    # the element mask with per-thread relative bounds (every kernel, score modifiers included)
+    "fast_mask": ({"FLASH_SM90_FWD_FAST_MASK": "1"}, [64, 128, 256]),
 }
 
 

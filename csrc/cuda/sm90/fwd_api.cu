@@ -103,27 +103,35 @@ size_t fwd_workspace_size(const FwdParams&) { return 0; }
 
 namespace {
 
-// The opt-in second tile of a head dim (fwd_traits.h, kAltTile); switches of fwd_tuning.h.
-// d=128 calls without a window: 128 x 176, FLASH_SM90_FWD_WIDE_N=1. Off by default: on the H100
-// it measured 8-12 % slower than the 128 x 128 ping-pong tile (2026-11-24, mid round: nc 16K 599
-// vs ~650 before; 148 B of spills).
-bool use_wide_n(const FwdParams& p) {
-  static const tuning::Switch enabled("FLASH_SM90_FWD_WIDE_N", 0);
-  return enabled.get() != 0 && p.window_left < 0 && p.window_right < 0;
+// The tile of a d=128 call (fwd_traits.h, kTile); switches of fwd_tuning.h. Calls with a window
+// always take tile 0 (128 x 128, 2 stages, 2 Q buffers). Without a window:
+// FLASH_SM90_FWD_D128_TILE=1 (or the older FLASH_SM90_FWD_WIDE_N=1): 128 x 176. Off by default: on
+// the H100 it measured 8-12 % slower than the 128 x 128 ping-pong tile (2026-11-24, mid round: nc
+// 16K 599 vs ~650 before; 148 B of spills).
+// FLASH_SM90_FWD_D128_TILE=2: 128 x 128 with 3 K/V stages and 1 Q buffer (session 5, opt-in until
+// an interleaved A/B shows it faster).
+int d128_tile(const FwdParams& p) {
+  static const tuning::Switch wide_n("FLASH_SM90_FWD_WIDE_N", 0);
+  static const tuning::Switch tile("FLASH_SM90_FWD_D128_TILE", 0);
+  if (p.window_left >= 0 || p.window_right >= 0) return 0;
+  const int t = tile.get();
+  if (t == 1 || t == 2) return t;
+  return wide_n.get() != 0 ? 1 : 0;
 }
 // d=64: 192 x 128 with three consumer warpgroups for calls with seqlen_q (varlen: max_seqlen_q)
 // >= N: N = FLASH_SM90_FWD_D64_M192 without a window (default 1: always), and
-// FLASH_SM90_FWD_D64_M192_WINDOW with one (causal included; default 16384); 0 = never. Only the
+// FLASH_SM90_FWD_D64_M192_WINDOW with one (causal included; default 4096); 0 = never. Only the
 // lean kernel (no softcap / ALiBi / dropout): the score-modifier kernel of that tile passed the
 // feature grid (softcap, ALiBi) but its speed was never measured (68 B of spills) and its dropout
 // path never ran on the GPU, so those calls keep the 128 x 128 tile.
 // H100, pass 4 (bf16, in-process A/B vs the 128 x 128 tile): no window 1K +3 %, 4K +12 %, 16K
 // +15 % (round 3); causal 16K +11.5 %, 1K -15 %, 2K -9 % (round 1). Causal 4K / 8K looked +4 / +10 %
-// in round 2, but that run had the ILP softmax switched on in every variant (an A/B script bug),
-// so the threshold stays at the cleanly measured 16K. README Pass 4.
+// in round 2, but that run had the ILP softmax switched on in every variant (an A/B script bug).
+// Session 5 round 1 (clean, the 192-row tile with the pinned P V wait, fwd_launch.h) vs the
+// 128-row tile: causal 1K -17 %, 2K -10 %, 4K +3.7 %, 8K +7.1 %: threshold 4096. README Pass 5.
 bool use_d64_m192(const FwdParams& p) {
   static const tuning::Switch min_seqlen_q("FLASH_SM90_FWD_D64_M192", 1);
-  static const tuning::Switch min_seqlen_q_window("FLASH_SM90_FWD_D64_M192_WINDOW", 16384);
+  static const tuning::Switch min_seqlen_q_window("FLASH_SM90_FWD_D64_M192_WINDOW", 4096);
   const bool lean = p.softcap <= 0.f && p.alibi_slopes == nullptr && p.dropout_p <= 0.f;
   const bool windowed = p.window_left >= 0 || p.window_right >= 0;
   const int n = windowed ? min_seqlen_q_window.get() : min_seqlen_q.get();
@@ -139,11 +147,11 @@ void run_fwd(const FwdParams& p, void* stream_ptr) {
 #if defined(FLASH_HDIM_64_ENABLED)
     case 64:
 #if defined(FLASH_BF16_ENABLED)
-      if (bf16 && use_d64_m192(p)) return run_fwd_hdim<cutlass::bfloat16_t, 64, true>(p, stream);
+      if (bf16 && use_d64_m192(p)) return run_fwd_hdim<cutlass::bfloat16_t, 64, 1>(p, stream);
       if (bf16) return run_fwd_hdim<cutlass::bfloat16_t, 64>(p, stream);
 #endif
 #if defined(FLASH_FP16_ENABLED)
-      if (!bf16 && use_d64_m192(p)) return run_fwd_hdim<cutlass::half_t, 64, true>(p, stream);
+      if (!bf16 && use_d64_m192(p)) return run_fwd_hdim<cutlass::half_t, 64, 1>(p, stream);
       if (!bf16) return run_fwd_hdim<cutlass::half_t, 64>(p, stream);
 #endif
       break;
@@ -160,14 +168,19 @@ void run_fwd(const FwdParams& p, void* stream_ptr) {
 #endif
 #if defined(FLASH_HDIM_128_ENABLED)
     case 128:
+    {
+      const int tile = d128_tile(p);
 #if defined(FLASH_BF16_ENABLED)
-      if (bf16 && use_wide_n(p)) return run_fwd_hdim<cutlass::bfloat16_t, 128, true>(p, stream);
+      if (bf16 && tile == 1) return run_fwd_hdim<cutlass::bfloat16_t, 128, 1>(p, stream);
+      if (bf16 && tile == 2) return run_fwd_hdim<cutlass::bfloat16_t, 128, 2>(p, stream);
       if (bf16) return run_fwd_hdim<cutlass::bfloat16_t, 128>(p, stream);
 #endif
 #if defined(FLASH_FP16_ENABLED)
-      if (!bf16 && use_wide_n(p)) return run_fwd_hdim<cutlass::half_t, 128, true>(p, stream);
+      if (!bf16 && tile == 1) return run_fwd_hdim<cutlass::half_t, 128, 1>(p, stream);
+      if (!bf16 && tile == 2) return run_fwd_hdim<cutlass::half_t, 128, 2>(p, stream);
       if (!bf16) return run_fwd_hdim<cutlass::half_t, 128>(p, stream);
 #endif
+    }
       break;
 #endif
 #if defined(FLASH_HDIM_192_ENABLED)
@@ -182,12 +195,25 @@ void run_fwd(const FwdParams& p, void* stream_ptr) {
 #endif
 #if defined(FLASH_HDIM_256_ENABLED)
     case 256:
+    {
+      // The 128 x 48 tile with two Q buffers (fwd_traits.h, kTile 1): FLASH_SM90_FWD_D256_TILE=0|1;
+      // default (-1): calls with a window (causal) and seqlen_q, seqlen_k <= 1024 (varlen: the
+      // maxima). H100, session 5 round 2 (in-process A/B, pinned): causal 1K +7.6 % (410 vs 381
+      // TFLOP/s); causal 2K -2 %, non-causal 1K / 2K -6 / -6.5 %, 16K -12 %: the narrow blocks
+      // only pay where the default tile's single Q buffer exposes the Q load at short tiles.
+      static const tuning::Switch d256_tile("FLASH_SM90_FWD_D256_TILE", -1);
+      const int t = d256_tile.get();
+      const bool windowed = p.window_left >= 0 || p.window_right >= 0;
+      const bool n48 = t < 0 ? (windowed && p.seqlen_q <= 1024 && p.seqlen_k <= 1024) : t == 1;
 #if defined(FLASH_BF16_ENABLED)
+      if (bf16 && n48) return run_fwd_hdim<cutlass::bfloat16_t, 256, 1>(p, stream);
       if (bf16) return run_fwd_hdim<cutlass::bfloat16_t, 256>(p, stream);
 #endif
 #if defined(FLASH_FP16_ENABLED)
+      if (!bf16 && n48) return run_fwd_hdim<cutlass::half_t, 256, 1>(p, stream);
       if (!bf16) return run_fwd_hdim<cutlass::half_t, 256>(p, stream);
 #endif
+    }
       break;
 #endif
     default:

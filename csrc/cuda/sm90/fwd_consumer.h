@@ -42,6 +42,22 @@ __device__ __forceinline__ void wgmma_gemm(TiledMma& mma, TA& tA, TB const& tB, 
   if constexpr (kARegs) warpgroup_fence_operand(tA);
 }
 
+// Keeps ptxas from hoisting the following wgmma wait above the code that computed `v`.
+// ptxas schedules `wgmma.wait_group` like any instruction without register inputs: in the
+// overlapped loop it placed the wait for P V(i) BEFORE the softmax of block i+1 (SASS of the lean
+// d=128 / d=256 kernels: WARPGROUP.DEPBAR.LE gsb0, 0x0 ahead of every MUFU.EX2), which
+// serialises P V(i) and the softmax and undoes the intra-warpgroup overlap. It does keep shared
+// memory accesses in order with the wait (wgmma reads smem), so a shared store that depends on
+// `v` -- predicated on a condition that never holds (v is a row sum: >= 0, or NaN) -- ends the
+// softmax before the wait. The store never executes; `never_written` is only its address.
+__device__ __forceinline__ void order_before_wgmma_wait(float v, const void* never_written) {
+  const uint32_t addr = cute::cast_smem_ptr_to_uint(never_written);
+  asm volatile(
+      "{\n .reg .pred p;\n setp.lt.f32 p, %0, 0f00000000;\n @p st.shared.f32 [%1], %0;\n}\n" ::"f"(v),
+      "r"(addr)
+      : "memory");
+}
+
 // kModScores: softcap or ALiBi present. Then scores are brought to natural units (times
 // softmax_scale) before the modifiers; without them the scale is folded into the exp2 FFMA.
 // kVariant: bit set of opt-in code variants of the lean kernel (fwd_variant.h), template flags
@@ -58,6 +74,7 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
   constexpr bool kIlpSoftmax = !kModScores && (kVariant & kFwdVariantIlpSoftmax) != 0;
   constexpr bool kWgBlockSkip =
       !kModScores && Traits::kWgBlockSkipAvailable && (kVariant & kFwdVariantWgSkip) != 0;
+  constexpr bool kPinWait = !kModScores && (kVariant & kFwdVariantPinWait) != 0;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
 
   typename Traits::TiledMmaQK mma_qk;
@@ -156,7 +173,41 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
             }
           }
         }
-        if (block_needs_mask<kBlockM, kBlockN>(rule, m_block, n_block)) {
+        // kFastMaskAvailable: d <= 128, 128-key blocks, two consumer warpgroups only -- the extra
+        // code costs the d=256 kernel 8 B more spills (and its GEMMs dwarf the mask anyway), the
+        // 192-row tile's kernels (160 registers) 136 B, the 128 x 176 tile 32 B.
+        constexpr bool kFastMaskAvailable =
+            kHeadDim <= 128 && kBlockN <= 128 && Traits::kNumConsumerWarpgroups == 2;
+        if (kFastMaskAvailable && p.fast_mask &&
+            block_needs_mask<kBlockM, kBlockN>(rule, m_block, n_block)) {
+          // The same bounds relative to this thread's first column: the column offsets then are
+          // compile-time constants of the unrolled loop (no per-column add), one compare per
+          // element and bound; without a left window (causal) only the right bound is tested.
+          const int tcol0 = get<1>(cS(0, 0));
+          if (rule.window_left >= 0) {
+            CUTE_UNROLL
+            for (int r = 0; r < size<0>(S); ++r) {
+              const int row = row0 + get<0>(cS(r, 0));
+              const int lo = rule.first_key(row) - col0 - tcol0;
+              const int hi = rule.end_key(row) - col0 - tcol0;
+              CUTE_UNROLL
+              for (int c = 0; c < size<1>(S); ++c) {
+                const int dc = get<1>(cS(r, c)) - tcol0;
+                if (dc < lo || dc >= hi) S(r, c) = -INFINITY;
+              }
+            }
+          } else {
+            CUTE_UNROLL
+            for (int r = 0; r < size<0>(S); ++r) {
+              const int row = row0 + get<0>(cS(r, 0));
+              const int hi = rule.end_key(row) - col0 - tcol0;
+              CUTE_UNROLL
+              for (int c = 0; c < size<1>(S); ++c) {
+                if (get<1>(cS(r, c)) - tcol0 >= hi) S(r, c) = -INFINITY;
+              }
+            }
+          }
+        } else if (block_needs_mask<kBlockM, kBlockN>(rule, m_block, n_block)) {
           // MaskRule::visible(row, key) is key in [first_key(row), end_key(row)) (keys are >= 0):
           // the bounds are computed once per row, relative to the block, so each element costs two
           // compares against a column offset that is a constant of the unrolled loop.
@@ -274,6 +325,10 @@ __device__ __forceinline__ void fwd_consumer(const FwdKernelParams<Traits>& p,
               modify_and_mask(S, n_block);
               softmax.template scores_to_probs<kIlpSoftmax>(S, correction);
               dropout(S, n_block);
+              if constexpr (kPinWait) {
+                static_assert(kRows == 2);
+                order_before_wgmma_wait(fminf(softmax.row_sum[0], softmax.row_sum[1]), &ss.full_q[0]);
+              }
               warpgroup_wait<0>();  // P V done: O may be rescaled and tOrP overwritten
               warpgroup_fence_operand(tOrO);
               empty_v(stage_prev).arrive();

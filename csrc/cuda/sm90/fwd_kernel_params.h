@@ -48,6 +48,9 @@ struct FwdKernelParams {
   // ping-pong (fwd_pingpong.h; needs Traits::kPingPongAvailable).
   int q_stages = 1;
   bool pingpong = false;
+  // Element mask as one compare per element against per-row bounds relative to this thread's
+  // first column, the left bound only with a left window (fwd_consumer.h; FLASH_SM90_FWD_FAST_MASK).
+  bool fast_mask = false;
 
   // Dropout (only in the kModScores instantiation): keep iff the element's Philox word is below
   // keep_threshold (common/philox.h); O is scaled by rp_dropout = 1 / (1 - p) at the end.

@@ -48,9 +48,9 @@ inline void check_cuda(cudaError_t e, const char* what) {
 
 }  // namespace detail
 
-template <typename Element, int kHeadDim, bool kAltTile>
+template <typename Element, int kHeadDim, int kTile>
 void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
-  using Traits = FwdTraits<Element, kHeadDim, kAltTile>;
+  using Traits = FwdTraits<Element, kHeadDim, kTile>;
   using Tmas = FwdTmaTypes<Traits>;
   if (params.seqlen_q == 0 || params.batch == 0 || params.nheads == 0) return;
   // Varlen: the sequences are row ranges of (total, heads, d) tensors, mapped as one batch entry.
@@ -111,6 +111,12 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
   static const tuning::Switch env_pingpong("FLASH_SM90_FWD_PINGPONG", Traits::kPingPong);
   kp.q_stages = std::max(1, std::min(env_q_stages.get(), Traits::kQStages));
   kp.pingpong = Traits::kPingPongAvailable && env_pingpong.get() != 0;
+  // FLASH_SM90_FWD_FAST_MASK=0|1 (fwd_consumer.h; compiled into the d<=128 two-warpgroup kernels
+  // only). Default (-1): d=64 (H100, session 5 round 2: causal 1K / 2K +2.9 / +2.5 %); not d=128
+  // (causal 1K / 2K +0.1 / -1.4 %, and non-causal -1.7 / -3.5 % although no block is masked there).
+  static const tuning::Switch env_fast_mask("FLASH_SM90_FWD_FAST_MASK", -1);
+  const int fast_mask_env = env_fast_mask.get();
+  kp.fast_mask = fast_mask_env < 0 ? kHeadDim == 64 : fast_mask_env != 0;
   // 16-byte O stores (fwd_consumer.h), where out allows them. FLASH_SM90_FWD_WIDE_STORE=0|1;
   // default (-1): d = 128 and 256 (the measured ones) with seqlen_k <= 4096, where the epilogue
   // is a visible part of a tile's time (H100, pass 4 rounds 1-2, in-process A/B: d128 1K/2K/4K
@@ -119,7 +125,7 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
   static const tuning::Switch env_wide_store("FLASH_SM90_FWD_WIDE_STORE", -1);
   const int wide_store_env = env_wide_store.get();
   const bool wide_store_wanted =
-      wide_store_env < 0 ? ((kHeadDim == 128 || kHeadDim == 256) && !kAltTile &&
+      wide_store_env < 0 ? ((kHeadDim == 256 || (kHeadDim == 128 && Traits::kTile != 1)) &&
                             params.seqlen_k <= 4096)
                          : wide_store_env != 0;
   const bool wide_store = wide_store_wanted &&
@@ -128,9 +134,20 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
                          params.out_batch_stride % 8 == 0;
   // FLASH_SM90_FWD_ILP_SOFTMAX=1: softmax reductions with shorter dependency chains (fwd_softmax.h).
   static const tuning::Switch env_ilp_softmax("FLASH_SM90_FWD_ILP_SOFTMAX", 0);
+  // FLASH_SM90_FWD_PIN_WAIT=0|1: keep the softmax ahead of the P V wait (fwd_consumer.h). Default
+  // (-1): d=128 (H100, session 5 round 2, in-process A/B vs unpinned: nc 1K / 2K +2.0 / +3.3 %,
+  // causal +1.7 / +2.6 %) and the d=256 128 x 48 tile (the configuration measured there); NOT d=64
+  // (round 1: -1.3..-3.5 % on the 128-row tile; round 2: the windowed 192-row tile is 2-3 % faster
+  // unpinned: its P V is short, and the rescale / P conversion after the wait cost more than the
+  // overlap gains) and not the d=256 default tile (+-1 %). Other head dims: unmeasured, off.
+  static const tuning::Switch env_pin_wait("FLASH_SM90_FWD_PIN_WAIT", -1);
+  const int pin_env = env_pin_wait.get();
+  const bool pin_wait =
+      pin_env < 0 ? (kHeadDim == 128 || (kHeadDim == 256 && Traits::kTile == 1)) : pin_env != 0;
   const int variant = (wide_store ? kFwdVariantWideStore : 0) |
                       (env_ilp_softmax.get() != 0 ? kFwdVariantIlpSoftmax : 0) |
-                      (wg_skip ? kFwdVariantWgSkip : 0);
+                      (wg_skip ? kFwdVariantWgSkip : 0) |
+                      (pin_wait ? kFwdVariantPinWait : 0);
   kp.window_left = params.window_left;
   kp.window_right = params.window_right;
   kp.softmax_scale = params.softmax_scale;
@@ -153,8 +170,10 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
   // The lean instantiation has no score modifiers and no dropout at all.
   const bool mod_scores = params.softcap > 0.f || params.alibi_slopes != nullptr || kp.dropout;
   // The lean kernel in the variant the switches ask for (fwd_variant.h; 0 = the default code).
-  // Instantiated: 2 consumer warpgroups {0, wide store, ILP softmax, both}; 3 (192-row tile)
-  // {0, ILP softmax} x {-, warpgroup block skip} -- wide stores spill 136 B there, not offered.
+  // Instantiated: 2 consumer warpgroups {0, wide store, ILP softmax, both} and with the pinned
+  // wait {pin, pin + wide store}; 3 (192-row tile) {0, ILP softmax} x {-, warpgroup block skip}
+  // and {pin, pin + skip} -- wide stores spill 136 B there, not offered. ILP softmax together
+  // with the pin runs the pinned kernel without ILP (ILP measured slower in session 5 round 1).
   auto kernel = fwd_kernel<Traits, false, 0>;
   if (mod_scores) {
     kernel = fwd_kernel<Traits, true>;
@@ -163,10 +182,15 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
     if (v == 2) kernel = fwd_kernel<Traits, false, 2>;
     else if (v == 4) kernel = fwd_kernel<Traits, false, 4>;
     else if (v == 6) kernel = fwd_kernel<Traits, false, 6>;
+    else if (v == 8 || v == 10) kernel = fwd_kernel<Traits, false, 8>;
+    else if (v == 12 || v == 14) kernel = fwd_kernel<Traits, false, 12>;
   } else {
-    if (variant == 1) kernel = fwd_kernel<Traits, false, 1>;
-    else if (variant == 2) kernel = fwd_kernel<Traits, false, 2>;
-    else if (variant == 3) kernel = fwd_kernel<Traits, false, 3>;
+    const int v = variant & ~kFwdVariantWgSkip;
+    if (v == 1) kernel = fwd_kernel<Traits, false, 1>;
+    else if (v == 2) kernel = fwd_kernel<Traits, false, 2>;
+    else if (v == 3) kernel = fwd_kernel<Traits, false, 3>;
+    else if (v == 8 || v == 10) kernel = fwd_kernel<Traits, false, 8>;
+    else if (v == 9 || v == 11) kernel = fwd_kernel<Traits, false, 9>;
   }
   constexpr int kSmem = Traits::kSmemBytes;
   detail::check_cuda(
@@ -186,11 +210,10 @@ void run_fwd_hdim(const FwdParams& params, cudaStream_t stream) {
 }  // namespace flash::sm90
 
 // One explicit instantiation per file in inst/.
-#define FLASH_SM90_INSTANTIATE_FWD(ELEMENT, HDIM)                                           \
-  template void flash::sm90::run_fwd_hdim<ELEMENT, HDIM, false>(const flash::FwdParams&, \
-                                                                cudaStream_t);
-// The opt-in second tile of the head dim (fwd_traits.h, kAltTile).
-#define FLASH_SM90_INSTANTIATE_FWD_ALT(ELEMENT, HDIM)                                     \
-  template void flash::sm90::run_fwd_hdim<ELEMENT, HDIM, true>(const flash::FwdParams&, \
+#define FLASH_SM90_INSTANTIATE_FWD_TILE(ELEMENT, HDIM, TILE)                                \
+  template void flash::sm90::run_fwd_hdim<ELEMENT, HDIM, TILE>(const flash::FwdParams&, \
                                                                cudaStream_t);
+#define FLASH_SM90_INSTANTIATE_FWD(ELEMENT, HDIM) FLASH_SM90_INSTANTIATE_FWD_TILE(ELEMENT, HDIM, 0)
+// The first alternative tile of the head dim (fwd_traits.h, kTile 1).
+#define FLASH_SM90_INSTANTIATE_FWD_ALT(ELEMENT, HDIM) FLASH_SM90_INSTANTIATE_FWD_TILE(ELEMENT, HDIM, 1)
 #define FLASH_SM90_INSTANTIATE_FWD_WIDE_N(ELEMENT, HDIM) FLASH_SM90_INSTANTIATE_FWD_ALT(ELEMENT, HDIM)

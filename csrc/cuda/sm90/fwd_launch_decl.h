@@ -8,8 +8,9 @@
 
 namespace flash::sm90 {
 
-// kAltTile: the opt-in second tile of the head dim (fwd_traits.h: d=128 128 x 176, d=64 192 x 128).
-template <typename Element, int kHeadDim, bool kAltTile = false>
+// kTile: 0 = the head dim's default tile; 1, 2 = the alternatives of fwd_traits.h (d=128: 128 x 176,
+// 128 x 128 with 3 stages; d=64: 192 x 128).
+template <typename Element, int kHeadDim, int kTile = 0>
 void run_fwd_hdim(const FwdParams& params, cudaStream_t stream);
 
 }  // namespace flash::sm90

@@ -25,20 +25,22 @@ using namespace cute;
 // Q K^T (hides the Q load latency at every tile start; worth most where tiles are short).
 // kPingPong: the consumer warpgroups take turns issuing their GEMMs (named barriers), so one
 // warpgroup's softmax runs while another's GEMMs occupy the tensor cores (FA3's ping-pong).
-// kAltTile: a second tile per head dim (fwd_api.cu picks it per call):
-//  * d=128, calls without a window (FLASH_SM90_FWD_WIDE_N=1): 128 x 176 (FA3's). Wider key blocks
-//    spread the per-block costs over more keys. Measured 8-12 % SLOWER than the 128 x 128
-//    ping-pong tile on the H100 here (it spills ~150 B), hence off by default.
-//  * d=64 (default without a window, and with one from seqlen_q 4096;
+// kTile != 0: other tiles of a head dim (fwd_api.cu picks one per call):
+//  * d=128, calls without a window, kTile 1 (FLASH_SM90_FWD_D128_TILE=1 or FLASH_SM90_FWD_WIDE_N=1):
+//    128 x 176 (FA3's). Wider key blocks spread the per-block costs over more keys. Measured 8-12 %
+//    SLOWER than the 128 x 128 ping-pong tile on the H100 here (it spills ~150 B), hence opt-in.
+//  * d=128, calls without a window, kTile 2 (FLASH_SM90_FWD_D128_TILE=2): 128 x 128, 3 K/V stages.
+//  * d=256, kTile 1 (FLASH_SM90_FWD_D256_TILE=1): 128 x 48 with 2 Q buffers.
+//  * d=64, kTile 1 (default without a window, and with one from seqlen_q 16384;
 //    FLASH_SM90_FWD_D64_M192[_WINDOW]): 192 x 128 with three consumer warpgroups (FA3's; H100:
 //    +2..+18 % over 128 x 128 where it is the default): a 64-deep
 //    Q K^T is short next to the softmax of the same block, so with two warpgroups the tensor cores
 //    wait for softmaxes; a third one keeps another softmax in flight and reuses each K/V load for
 //    1.5x the rows.
-template <int kHeadDim, bool kAltTile = false> struct FwdTileConfig;
+template <int kHeadDim, int kTile = 0> struct FwdTileConfig;
 // d=64: 2 Q x 16 KB + 3 x (K 16 KB + V 16 KB) = 128 KB; with 3 stages the producer runs a block
 // further ahead, also into the next tile.
-template <> struct FwdTileConfig<64, false> {
+template <> struct FwdTileConfig<64, 0> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3, kQStages = 2;
   static constexpr bool kPingPong = true;
   static constexpr int kConsumerWGs = 2;
@@ -46,13 +48,13 @@ template <> struct FwdTileConfig<64, false> {
 // d=64, second tile: 192 x 128, three consumer warpgroups (512 threads; registers 32 / 160, see
 // FwdTraits). 2 Q x 24 KB + 3 x (K 16 KB + V 16 KB) = 144 KB. The ping-pong token rotates
 // WG1 -> WG2 -> WG3 (fwd_pingpong.h).
-template <> struct FwdTileConfig<64, true> {
+template <> struct FwdTileConfig<64, 1> {
   static constexpr int kBlockM = 192, kBlockN = 128, kStages = 3, kQStages = 2;
   static constexpr bool kPingPong = true;
   static constexpr int kConsumerWGs = 3;
 };
 // d=96: 2 Q x 24 KB + 3 x (K 24 KB + V 24 KB) = 192 KB (rows of 192 bytes: 64-byte swizzle).
-template <> struct FwdTileConfig<96, false> {
+template <> struct FwdTileConfig<96, 0> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3, kQStages = 2;
   static constexpr bool kPingPong = true;
   static constexpr int kConsumerWGs = 2;
@@ -61,38 +63,57 @@ template <> struct FwdTileConfig<96, false> {
 // A second Q buffer instead of a third K/V stage (both do not fit): at every tile start the Q load
 // latency is otherwise exposed, since the single buffer frees only after the previous tile's last
 // Q K^T; causal units are two tiles of 4.5 blocks on average at seqlen 1K.
-template <> struct FwdTileConfig<128, false> {
+template <> struct FwdTileConfig<128, 0> {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2, kQStages = 2;
   static constexpr bool kPingPong = true;
   static constexpr int kConsumerWGs = 2;
 };
 // d=128 without window: Q 32 KB + 2 x (K 44 KB + V 44 KB) = 208 KB.
-template <> struct FwdTileConfig<128, true> {
+template <> struct FwdTileConfig<128, 1> {
   static constexpr int kBlockM = 128, kBlockN = 176, kStages = 2, kQStages = 1;
+  static constexpr bool kPingPong = true;
+  static constexpr int kConsumerWGs = 2;
+};
+// d=128 without window, opt-in (FLASH_SM90_FWD_D128_TILE=2): the default tile with 3 K/V stages
+// and one Q buffer, Q 32 KB + 3 x (32 + 32 KB) = 224 KB. With 2 stages the V of block i+2 can load
+// only after the slower warpgroup's P V(i) retired, about one block period before it is needed;
+// long non-causal rows gain from the slack, short tiles may lose the next tile's early Q load.
+template <> struct FwdTileConfig<128, 2> {
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3, kQStages = 1;
   static constexpr bool kPingPong = true;
   static constexpr int kConsumerWGs = 2;
 };
 // d=192: Q 48 KB + 2 x (K 42 KB + V 42 KB) = 216 KB (FA3's 128 x 112). O alone takes 96
 // registers per thread, as at d=256: ping-pong off by default like there.
-template <> struct FwdTileConfig<192, false> {
+template <> struct FwdTileConfig<192, 0> {
   static constexpr int kBlockM = 128, kBlockN = 112, kStages = 2, kQStages = 1;
+  static constexpr bool kPingPong = false;
+  static constexpr int kConsumerWGs = 2;
+};
+// d=256, opt-in (FLASH_SM90_FWD_D256_TILE=1): 128 x 48 with two Q buffers, 2 x 64 KB + 2 x (24 +
+// 24 KB) = 224 KB. The single Q buffer of the default tile exposes the 64 KB Q load at every tile
+// start (causal 1K: two tiles of ~8 blocks per unit); narrower key blocks pay for the second one.
+template <> struct FwdTileConfig<256, 1> {
+  static constexpr int kBlockM = 128, kBlockN = 48, kStages = 2, kQStages = 2;
   static constexpr bool kPingPong = false;
   static constexpr int kConsumerWGs = 2;
 };
 // d=256: Q 64 KB + 2 x (K 40 KB + V 40 KB) = 224 KB of the 227 KB a CTA may have. No ping-pong:
 // a d=256 GEMM pair is long enough next to the softmax that the intra-warpgroup overlap hides it.
-template <> struct FwdTileConfig<256, false> {
+template <> struct FwdTileConfig<256, 0> {
   static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2, kQStages = 1;
   static constexpr bool kPingPong = false;
   static constexpr int kConsumerWGs = 2;
 };
 
-template <typename Element_, int kHeadDim_, bool kAltTile_ = false>
+// kTile_: 0 = the head dim's default tile, 1, 2 = its opt-in alternatives (FwdTileConfig).
+template <typename Element_, int kHeadDim_, int kTile_ = 0>
 struct FwdTraits {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
-  using Config = FwdTileConfig<kHeadDim_, kAltTile_>;
+  using Config = FwdTileConfig<kHeadDim_, kTile_>;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr bool kAltTile = kAltTile_;
+  static constexpr int kTile = kTile_;
+  static constexpr bool kAltTile = kTile_ != 0;
   static constexpr int kBlockM = Config::kBlockM;
   static constexpr int kBlockN = Config::kBlockN;
   static constexpr int kStages = Config::kStages;

@@ -13,5 +13,8 @@ constexpr int kFwdVariantIlpSoftmax = 2;
 // FLASH_SM90_FWD_WG_SKIP=1 (192-row tile only): a consumer warpgroup passes the key blocks its own
 // rows cannot see (causal diagonal, rows past seqlen_q) without GEMMs or softmax (fwd_consumer.h).
 constexpr int kFwdVariantWgSkip = 4;
+// FLASH_SM90_FWD_PIN_WAIT=1: the wait for P V(i) is pinned after the softmax of block i+1
+// (fwd_consumer.h, order_before_wgmma_wait); without it ptxas hoists the wait above the softmax.
+constexpr int kFwdVariantPinWait = 8;
 
 }  // namespace flash::sm90
