@@ -18,8 +18,9 @@ if [ -z "${FLASH_ATTN_HDIMS:-}" ]; then
     FLASH_ATTN_DTYPES=${FLASH_ATTN_DTYPES:-bf16}
     FLASH_ATTN_SM80_ARCHS=${FLASH_ATTN_SM80_ARCHS:-80}
     # Kernel families that only exist at other head dims: the sm80 d256 forward (P*V split by
-    # head dim), the sm90 wide-head-dim backward, the sm90 d64 forward with 192-row tiles.
-    FLASH_ATTN_EXTRA_INSTANTIATIONS=${FLASH_ATTN_EXTRA_INSTANTIATIONS-fwd_hdim256_bf16;bwd_hdim256_bf16;fwd_hdim64_bf16_m192}
+    # head dim), the sm90 wide-head-dim backward, the sm90 d64 forward with 192-row tiles, the sm90
+    # d256 forward with 128 x 48 tiles (causal, short sequences).
+    FLASH_ATTN_EXTRA_INSTANTIATIONS=${FLASH_ATTN_EXTRA_INSTANTIATIONS-fwd_hdim256_bf16;bwd_hdim256_bf16;fwd_hdim64_bf16_m192;fwd_hdim256_bf16_n48}
   fi
 fi
 args=(-DFLASH_ATTN_BUILD_PYTHON=ON -DFLASH_ATTN_BUILD_TESTS=ON -DFLASH_ATTN_INPLACE=ON
