@@ -129,7 +129,7 @@ def part_bad_input(build_dir):
 
 # The groups expected to be clean share one process; adversarial_cu_seqlens gets its own (a detected
 # fault can leave the CUDA context unusable for what follows).
-SANITIZER_RUNS = [("memcheck", "standard,adversarial_pages,adversarial_kvcache"), ("memcheck", "adversarial_cu_seqlens"),
+SANITIZER_RUNS = [("memcheck", "standard,wide_head_dims,adversarial_pages,adversarial_kvcache"), ("memcheck", "adversarial_cu_seqlens"),
                   ("racecheck", "standard"), ("synccheck", "standard")]
 
 

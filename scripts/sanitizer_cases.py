@@ -2,6 +2,9 @@
 
   standard                fwd+bwd: GQA, causal, dropout, local windows, softcap, ALiBi, deterministic,
                           varlen with an empty sequence, paged kvcache with append + rotary + split-KV
+  wide_head_dims          d192 / d256 fwd+bwd: varlen + dropout + GQA (the sm90 wide-head-dim backward),
+                          short causal d256 (the 128 x 48 forward tile), d64 causal 4K (192-row tile),
+                          the d128 decode kernel's lean layout with a partial last tile
   adversarial_pages       block tables with page ids -1, num_pages and 2^30 (paged varlen forward and
                           paged kvcache with append): kernels must skip them, never dereference
   adversarial_kvcache     cache_seqlens beyond the cache / negative, cache_batch_idx out of range,
@@ -72,6 +75,27 @@ def standard() -> None:
                             cache_leftpad=_i32([3, 0, 149]), num_splits=8)
 
 
+def wide_head_dims() -> None:
+    # Varlen + dropout + GQA at d192 and d256, with a length-1 sequence and tails in every tile dimension.
+    lens_q, lens_k = [1, 113, 203], [7, 203, 113]
+    cu_q, cu_k = _i32([0, 1, 114, 317]), _i32([0, 7, 210, 323])
+    for d in (192, 256):
+        qv, kv, vv = _r(317, 4, d, grad=True), _r(323, 2, d, grad=True), _r(323, 2, d, grad=True)
+        flash_attn_varlen_func(qv, kv, vv, cu_q, cu_k, max(lens_q), max(lens_k), dropout_p=0.15,
+                               causal=True).sum().backward()
+        flash_attn_varlen_func(qv, kv, vv, cu_q, cu_k, max(lens_q), max(lens_k), window_size=(40, 3),
+                               deterministic=True).sum().backward()
+    # Short causal d256 (seqlens <= 1024 take the 128 x 48 tile), odd lengths.
+    q, k, v = _r(2, 301, 4, 256, grad=True), _r(2, 517, 4, 256, grad=True), _r(2, 517, 4, 256, grad=True)
+    flash_attn_func(q, k, v, causal=True).sum().backward()
+    # d64 causal at seqlen 4K+ (192-row tile), a tail row block.
+    q, k, v = _r(1, 4099, 2, 64), _r(1, 4099, 2, 64), _r(1, 4099, 2, 64)
+    flash_attn_func(q, k, v, causal=True)
+    # Decode d128, contiguous cache with a partial last key tile, GQA 4:1.
+    kc, vc = _r(2, 1000, 2, 128), _r(2, 1000, 2, 128)
+    flash_attn_with_kvcache(_r(2, 1, 8, 128), kc, vc, cache_seqlens=_i32([999, 517]))
+
+
 def adversarial_pages() -> None:
     bad = [-1, 12, 2**30]  # num_pages is 12
     q = _r(128, 4, 64)
@@ -128,7 +152,7 @@ def adversarial_cu_seqlens() -> None:
        True, -1, -1, 0.0, None, False, None, _i32([100, 50, 1000]), 0)
 
 
-GROUPS = {"standard": standard, "adversarial_pages": adversarial_pages, "adversarial_kvcache": adversarial_kvcache,
+GROUPS = {"standard": standard, "wide_head_dims": wide_head_dims, "adversarial_pages": adversarial_pages, "adversarial_kvcache": adversarial_kvcache,
           "adversarial_cu_seqlens": adversarial_cu_seqlens}
 
 
