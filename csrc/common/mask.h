@@ -2,6 +2,7 @@
 // Positions are relative to each sequence: row i in [0, seqlen_q), key j in [0, seqlen_k).
 #pragma once
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
 
@@ -50,5 +51,20 @@ FLASH_HD float alibi_bias(float slope, const MaskRule& m, int i, int j) {
   const int d = m.diag_offset(i, j);
   return -slope * static_cast<float>(d < 0 ? -d : d);
 }
+
+// MaskRule::visible for keys j >= 0 without branches. visible() short-circuits, and ptxas made that
+// two branches + BSSY / BSYNC around every score of the sm90 backward's P^T loop, even on blocks that
+// need no mask (session 5). The window becomes bounds lo / hi on diag_offset.
+struct BranchFreeMask {
+  int seqlen_k, shift, lo, hi;
+  FLASH_HD explicit BranchFreeMask(const MaskRule& r)
+      : seqlen_k(r.seqlen_k), shift(r.seqlen_k - r.seqlen_q),
+        lo(r.window_left >= 0 ? -r.window_left : INT_MIN),
+        hi(r.window_right >= 0 ? r.window_right : INT_MAX) {}
+  FLASH_HD bool visible(int row, int key) const {
+    const int d = key - (row + shift);
+    return (key < seqlen_k) & (d >= lo) & (d <= hi);
+  }
+};
 
 }  // namespace flash

@@ -51,21 +51,6 @@ __device__ __forceinline__ void st_shared_b32(const void* smem, uint32_t v) {
   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(v) : "memory");
 }
 
-// MaskRule::visible without branches (key >= 0 assumed). visible() short-circuits, and ptxas made
-// that two branches + BSSY / BSYNC around every score, even on blocks that need no mask (found by
-// helper sm90bwd in the d64 / d128 consumer, session 5): the window as bounds on the diagonal offset.
-struct Bwd256Mask {
-  int seqlen_k, shift, lo, hi;
-  __device__ __forceinline__ explicit Bwd256Mask(const MaskRule& r)
-      : seqlen_k(r.seqlen_k), shift(r.seqlen_k - r.seqlen_q),
-        lo(r.window_left >= 0 ? -r.window_left : INT_MIN),
-        hi(r.window_right >= 0 ? r.window_right : INT_MAX) {}
-  __device__ __forceinline__ bool visible(int row, int key) const {
-    const int d = key - (row + shift);
-    return (key < seqlen_k) & (d >= lo) & (d <= hi);
-  }
-};
-
 template <typename Traits, bool kModScores, bool kDropout = false>
 __device__ __forceinline__ void bwd256_consumer(const BwdKernelParams<Traits>& p,
                                                 typename Traits::SharedStorage& ss,
@@ -109,7 +94,7 @@ __device__ __forceinline__ void bwd256_consumer(const BwdKernelParams<Traits>& p
   Tensor cS = rowcol_view(thr_sdp.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kBlockM>>{})));
   static_assert(!kDropout || kModScores, "the dropout kernel is a kModScores kernel");
   constexpr int kCols = decltype(size<1>(cS))::value;  // queries of this thread: 8
-  const Bwd256Mask bf_mask(rule);
+  const BranchFreeMask bf_mask(rule);  // common/mask.h
   Tensor cKV = rowcol_view(thr_dkv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{})));
   Tensor cdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
 

@@ -1,7 +1,5 @@
-// Consumer-side helpers of the sm90 backward that keep the per-step hot path short (session 5):
-//   * a branch-free visibility test (MaskRule::visible short-circuits, and ptxas turned that into
-//     two branches + BSSY/BSYNC around EVERY score of the P^T loop, even on blocks that need no
-//     mask: the loop was ~20 instructions per score instead of FFMA + MUFU);
+// Consumer-side helpers of the sm90 backward that keep the per-step hot path short (session 5; the
+// branch-free visibility test they go with, BranchFreeMask, is in common/mask.h):
 //   * 32-bit shared-memory addresses of this thread's dS and dQ stores in closed form.
 //     Through CuTe's swizzled smem tensors ptxas emitted generic 64-bit stores (ST.E, not STS)
 //     for dS with ~6 address instructions each, and precomputed 16 dQ addresses (3 spilled,
@@ -21,20 +19,6 @@
 #include "common/mask.h"
 
 namespace flash::sm90 {
-
-// visible(i, j) of MaskRule for keys j >= 0, without branches (the caller only asks on blocks
-// where block_needs_mask is true). lo / hi: the window as bounds on diag_offset.
-struct BranchFreeMask {
-  int seqlen_k, shift, lo, hi;
-  FLASH_HD explicit BranchFreeMask(const MaskRule& r)
-      : seqlen_k(r.seqlen_k), shift(r.seqlen_k - r.seqlen_q),
-        lo(r.window_left >= 0 ? -r.window_left : INT_MIN),
-        hi(r.window_right >= 0 ? r.window_right : INT_MAX) {}
-  FLASH_HD bool visible(int row, int key) const {
-    const int d = key - (row + shift);
-    return (key < seqlen_k) & (d >= lo) & (d <= hi);
-  }
-};
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
