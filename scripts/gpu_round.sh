@@ -3,16 +3,20 @@
 # for the local GPU, run the C++ and Python test tiers and the benchmark, and leave logs and results
 # JSON in the output folder (first argument, default $OUT, else ./gpu_round_out).
 #   bash scripts/gpu_round.sh [OUT_DIR] [--tests "pytest args"] [--bench "bench args"] [--no-bench]
+#                             [--test-seconds N]
+# --test-seconds N: tests that would start more than N s after pytest starts are reported as skipped
+# (FLASH_ATTN_TEST_DEADLINE, tests/python/conftest.py), so a lease-capped command still gets its counts.
 # The sha for the results JSON comes from FLASH_ATTN_COMMIT (the GPU machine's copy has no .git).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu_round_out}}; shift || true
-pytest_args="tests/python"; bench_args="--grid training --quick"; run_bench=1
+pytest_args="tests/python"; bench_args="--grid training --quick"; run_bench=1; test_seconds=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tests) pytest_args="$2"; shift 2 ;;
     --bench) bench_args="$2"; shift 2 ;;
     --no-bench) run_bench=0; shift ;;
+    --test-seconds) test_seconds="$2"; shift 2 ;;
     *) echo "unknown argument $1"; exit 2 ;;
   esac
 done
@@ -39,6 +43,7 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 # pytest-xdist, when installed, spreads the cases over processes sharing the GPU. Not more than 8:
 # some GPU test files keep ~5-10 GB of inputs per worker, and 14 workers ran an 80 GB H100 out of memory.
 xdist=""; python3 -c "import xdist" 2>/dev/null && xdist="-n 8"
+[ "$test_seconds" -gt 0 ] && export FLASH_ATTN_TEST_DEADLINE=$(( $(date +%s) + test_seconds ))
 python3 -m pytest -q -p no:cacheprovider -rf $xdist --junitxml="$out/pytest.xml" $pytest_args > "$out/pytest.log" 2>&1
 echo "pytest rc=$? $(tail -1 "$out/pytest.log")" | tee -a "$out/summary.txt"
 grep -E "^FAILED|^ERROR" "$out/pytest.log" | head -40
