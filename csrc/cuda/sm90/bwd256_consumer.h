@@ -28,6 +28,7 @@
 #include "bwd_dq_writer.h"     // consumer_sync
 #include "bwd_dropout.h"
 #include "bwd_kernel_params.h"
+#include "bwd_probs.h"
 #include "fwd_block_range.h"   // block_needs_mask
 #include "fwd_consumer.h"      // wgmma_gemm
 #include "fwd_softmax.h"       // rowcol_view, fast_exp2
@@ -151,21 +152,7 @@ __device__ __forceinline__ void bwd256_consumer(const BwdKernelParams<Traits>& p
       warpgroup_wait<1>();
       warpgroup_fence_operand(tSrS);
       const float scale_log2 = p.softmax_scale * kLog2e;
-      if (need_mask) {  // uniform per step; select-only inside
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(S); ++c) {
-          const int row = row0 + get<1>(cS(0, c));
-          CUTE_UNROLL
-          for (int r = 0; r < size<0>(S); ++r)
-            S(r, c) = bf_mask.visible(row, key0 + get<0>(cS(r, c))) ? S(r, c) : -INFINITY;
-        }
-      }
-      CUTE_UNROLL
-      for (int c = 0; c < size<1>(S); ++c) {
-        const float lse = lse_s[get<1>(cS(0, c))];
-        CUTE_UNROLL
-        for (int r = 0; r < size<0>(S); ++r) S(r, c) = fast_exp2(S(r, c) * scale_log2 - lse);
-      }
+      scores_to_probs_t(S, cS, row0, key0, bf_mask, need_mask, lse_s, scale_log2);  // bwd_probs.h
       warpgroup_wait<0>();
       warpgroup_fence_operand(tdPrdP);
       CUTE_UNROLL

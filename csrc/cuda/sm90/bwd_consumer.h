@@ -22,6 +22,7 @@
 #include "bwd_dq_writer.h"
 #include "bwd_dropout.h"
 #include "bwd_kernel_params.h"
+#include "bwd_probs.h"
 #include "bwd_smem_store.h"
 #include "fwd_block_range.h"  // block_needs_mask, key_block_range
 #include "fwd_consumer.h"     // wgmma_gemm
@@ -153,22 +154,7 @@ __device__ __forceinline__ void bwd_consumer(const BwdKernelParams<Traits>& p,
       warpgroup_wait<1>();
       warpgroup_fence_operand(tSrS);
       const float scale_log2 = p.softmax_scale * kLog2e;
-      // One uniform branch around a select-only mask pass; the exp2 pass is straight-line.
-      if (need_mask) {
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(S); ++c) {
-          const int row = row0 + get<1>(cS(0, c));
-          CUTE_UNROLL
-          for (int r = 0; r < size<0>(S); ++r)
-            S(r, c) = bf_mask.visible(row, key0 + get<0>(cS(r, c))) ? S(r, c) : -INFINITY;
-        }
-      }
-      CUTE_UNROLL
-      for (int c = 0; c < size<1>(S); ++c) {
-        const float lse = lse_s[get<1>(cS(0, c))];
-        CUTE_UNROLL
-        for (int r = 0; r < size<0>(S); ++r) S(r, c) = fast_exp2(S(r, c) * scale_log2 - lse);
-      }
+      scores_to_probs_t(S, cS, row0, key0, bf_mask, need_mask, lse_s, scale_log2);  // bwd_probs.h
       warpgroup_wait<0>();
       warpgroup_fence_operand(tdPrdP);
       CUTE_UNROLL
